@@ -1,0 +1,41 @@
+# One command each: `make demo` (set up, then train and evaluate a tiny GenLIP on CPU),
+# `make test` (set up, then run the test suite). Both work on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.setup-done
+APT_PKGS := dataset-fashion-mnist
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test test-fast demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi; \
+	fi
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+demo: setup
+	$(BIN)/genlip demo --out demo_out
+
+bench: setup
+	$(BIN)/python bench/model_step.py
+
+lint: setup
+	$(BIN)/ruff check genlip_megatron data_tools launch tests bench
+
+clean:
+	rm -rf $(VENV) demo_out runs

@@ -1,0 +1,148 @@
+"""The configuration tree: one dataclass per section, loaded from YAML (see docs/config.md).
+
+Every key a run can set lives here with its default and its meaning. Nothing else in the package
+reads environment variables or global arguments: launch code translates SLURM/torchrun variables
+into these fields at the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ModelConfig:
+    """GenLIP trunk and heads (../shared/genlip.md). Defaults are the L/16 preset."""
+
+    objective: str = "genlip"  # "genlip" | "aimv2"
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_attention_heads: int = 16
+    ffn_hidden_size: int = 2752  # SwiGLU hidden width
+    patch_size: int = 16
+    num_channels: int = 3
+    text_embed_dim: Optional[int] = None  # None -> hidden_size (then in_proj / proj are identity)
+    vocab_size: int = 151936  # tokenizer vocabulary (before padding)
+    make_vocab_size_divisible_by: int = 128  # padded vocab = multiple of this x TP
+    layer_norm_eps: float = 1e-6
+    layer_scale_init: float = 0.1
+    drop_path_rate: float = 0.1
+    rope_theta: float = 10000.0
+    mrope_section: list[int] = field(default_factory=lambda: [8, 12, 12])  # (T, H, W), sums to head_dim/2
+    init_method_std: float = 0.02
+    layer_spec: str = "local"  # "local" (pure torch, CPU) | "te" (Transformer Engine, GPU, FP8)
+    attention: str = "dense"  # "dense" (S x S bool mask; CPU reference) | "fused" (no S x S mask)
+    recompute: str = "none"  # "none" | "selective" | "full"
+    recompute_num_layers: int = 1  # layers per full-recompute chunk
+    # AIMv2 only (objective == "aimv2"): the causal multimodal decoder.
+    decoder_hidden_size: int = 1024
+    decoder_num_layers: int = 12
+    decoder_num_attention_heads: int = 8
+    decoder_ffn_hidden_size: int = 2816
+    pixel_loss_weight: float = 0.4
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: Optional[int] = None
+    sequence_parallel: bool = False
+    context_parallel_size: int = 1
+    use_distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = False
+
+
+@dataclass
+class DataConfig:
+    manifest: str = ""  # path to a dataset manifest.json written by `genlip shards merge`
+    eval_manifest: str = ""  # optional held-out set
+    image_size: int = 224  # stage 1: square images
+    native_resolution: bool = False  # stage 2: aspect-preserving, multiples of patch_size
+    min_pixels: int = 64 * 64
+    max_pixels: int = 512 * 512
+    random_resized_crop: bool = False
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    seq_length: int = 16384  # tokens per packed sequence
+    max_caption_tokens: int = 256
+    prompt: str = "Describe the image in detail."
+    decoder_device: str = "cpu"  # DALI decoder placement: "cpu" | "mixed" (GPU nvJPEG)
+    num_workers: int = 2  # DALI parallel external-source workers
+    num_threads: int = 2  # DALI CPU threads
+    seed: int = 1234
+    max_bad_fraction: float = 0.001  # stop when more than this share of samples fail to decode
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    min_lr: float = 1e-6
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    train_iters: int = 33000
+    warmup_fraction: float = 0.007
+    decay_style: str = "cosine"  # "cosine" | "linear" | "constant"
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 1  # packed sequences per micro-batch
+    global_batch_size: int = 512  # packed sequences per optimizer step
+    precision: str = "bf16"  # "fp32" | "bf16" | "fp8" (fp8 needs model.layer_spec == "te")
+    device: str = "cuda"  # "cuda" | "cpu"
+    seed: int = 1234
+    eval_interval: int = 1000
+    eval_iters: int = 10
+    max_consecutive_nan_steps: int = 5
+    step_timeout_s: float = 1800.0  # watchdog: abort with a stack dump when a step exceeds this
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""  # run directory; "latest" marker and iter_XXXXXXX folders live here
+    save_interval: int = 1000
+    keep_last: int = 3
+    async_save: bool = False
+    load: str = ""  # explicit checkpoint to start from (else auto-resume from dir/latest)
+    finetune: bool = False  # load weights only (no optimizer, scheduler, sampler state)
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10
+    tensorboard_dir: str = ""  # "" -> <checkpoint.dir>/tensorboard
+    wandb_project: str = ""  # set to log to Weights & Biases
+    wandb_run_name: str = ""
+    progress_bar: bool = True  # only when attached to a terminal, rank 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def padded_vocab_size(model: ModelConfig, tensor_parallel_size: int) -> int:
+    """Vocabulary rounded up so every TP rank holds an equal, aligned slice of embedding and head."""
+    multiple = model.make_vocab_size_divisible_by * tensor_parallel_size
+    return -(-model.vocab_size // multiple) * multiple
+
+
+def head_dim(model: ModelConfig) -> int:
+    return model.hidden_size // model.num_attention_heads
