@@ -1,0 +1,240 @@
+"""Cross-field checks of a loaded Config, run before any process group starts.
+
+`validate` returns every problem at once, one line each, and every line starts with the dotted key a
+user has to change. Checks whose inputs are already reported invalid (a zero size, an unknown enum)
+are skipped, so one mistake gives one line instead of a cascade or a ZeroDivisionError.
+Like load.py, this imports neither torch nor megatron.
+"""
+
+from __future__ import annotations
+
+from genlip_megatron.config.load import ConfigError
+from genlip_megatron.config.schema import Config, head_dim
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.objective": ("genlip", "aimv2"),
+    "model.layer_spec": ("local", "te"),
+    "model.attention": ("dense", "fused"),
+    "model.recompute": ("none", "selective", "full"),
+    "train.precision": ("fp32", "bf16", "fp8"),
+    "train.device": ("cuda", "cpu"),
+    "schedule.decay_style": ("cosine", "linear", "constant"),
+    "data.decoder_device": ("cpu", "mixed"),
+}
+
+# Sizes where zero is meaningless (a division, a width, an interval used as a modulus).
+POSITIVE = (
+    "model.hidden_size", "model.num_layers", "model.num_attention_heads", "model.ffn_hidden_size",
+    "model.patch_size", "model.num_channels", "model.text_embed_dim", "model.vocab_size",
+    "model.recompute_num_layers", "model.decoder_hidden_size",
+    "model.decoder_num_layers", "model.decoder_num_attention_heads", "model.decoder_ffn_hidden_size",
+    "model.layer_norm_eps", "model.rope_theta", "model.init_method_std",
+    "parallel.tensor_model_parallel_size", "parallel.pipeline_model_parallel_size",
+    "parallel.virtual_pipeline_model_parallel_size", "parallel.context_parallel_size",
+    "data.image_size", "data.min_pixels", "data.max_pixels", "data.seq_length",
+    "data.max_caption_tokens", "data.num_threads", "optimizer.lr", "optimizer.adam_eps",
+    "schedule.train_iters", "train.micro_batch_size", "train.global_batch_size",
+    "train.eval_interval", "train.max_consecutive_nan_steps", "train.step_timeout_s",
+    "checkpoint.save_interval", "checkpoint.keep_last", "logging.log_interval",
+)
+# Counts and rates where zero means "none" or "off".
+NON_NEGATIVE = (
+    "model.pixel_loss_weight", "data.num_workers", "data.max_bad_fraction",
+    "optimizer.min_lr", "optimizer.weight_decay", "optimizer.clip_grad", "train.eval_iters",
+)
+
+
+def _get(cfg: Config, key: str):
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _not_divisible(a_key: str, a: int, b_desc: str, b: int) -> str | None:
+    return None if a % b == 0 else f"{a_key}={a} is not divisible by {b_desc}={b}"
+
+
+def _basic(cfg: Config) -> tuple[list[str], set[str]]:
+    """Enum and sign checks. Returns the problems and the keys they concern (to skip later checks)."""
+    problems, bad = [], set()
+    for key, choices in CHOICES.items():
+        if _get(cfg, key) not in choices:
+            problems.append(f"{key}: unknown value {_get(cfg, key)!r}; choose from {', '.join(choices)}")
+            bad.add(key)
+    for keys, ok, words in ((POSITIVE, lambda v: v > 0, "positive"),
+                            (NON_NEGATIVE, lambda v: v >= 0, ">= 0")):
+        for key in keys:
+            value = _get(cfg, key)
+            if value is not None and not ok(value):
+                problems.append(f"{key}={value} must be {words}")
+                bad.add(key)
+    return problems, bad
+
+
+def _model(cfg: Config, bad: set[str]) -> list[str]:
+    m, tp = cfg.model, cfg.parallel.tensor_model_parallel_size
+    out: list[str | None] = []
+    heads_ok = not bad & {"model.num_attention_heads", "model.hidden_size"}
+    if heads_ok:
+        out.append(_not_divisible("model.hidden_size", m.hidden_size,
+                                  "model.num_attention_heads", m.num_attention_heads))
+    if heads_ok and "parallel.tensor_model_parallel_size" not in bad:
+        out.append(_not_divisible("model.num_attention_heads", m.num_attention_heads,
+                                  "parallel.tensor_model_parallel_size", tp))
+        out.append(_not_divisible("model.ffn_hidden_size", m.ffn_hidden_size,
+                                  "parallel.tensor_model_parallel_size", tp))
+        if m.objective == "aimv2":
+            out.append(_not_divisible("model.decoder_num_attention_heads", m.decoder_num_attention_heads,
+                                      "parallel.tensor_model_parallel_size", tp))
+    if m.objective == "aimv2" and not bad & {"model.decoder_hidden_size",
+                                             "model.decoder_num_attention_heads"}:
+        out.append(_not_divisible("model.decoder_hidden_size", m.decoder_hidden_size,
+                                  "model.decoder_num_attention_heads", m.decoder_num_attention_heads))
+    if m.objective == "genlip" and heads_ok and m.hidden_size % m.num_attention_heads == 0:
+        half = head_dim(m) / 2
+        if len(m.mrope_section) != 3 or min(m.mrope_section) < 0:
+            out.append(f"model.mrope_section={m.mrope_section} must be three non-negative counts (T, H, W)")
+        elif sum(m.mrope_section) != half:
+            out.append(f"model.mrope_section={m.mrope_section} sums to {sum(m.mrope_section)}, but "
+                       f"head_dim/2 = {m.hidden_size}/{m.num_attention_heads}/2 = {half:g}")
+    # NOTE: padded vocab = a multiple of make_vocab_size_divisible_by x TP, so it splits evenly across
+    # TP ranks exactly when that multiple is positive; this is the only way the split can fail.
+    if m.make_vocab_size_divisible_by <= 0:
+        out.append(f"model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by} must be positive: "
+                   "the padded vocabulary is a multiple of it x parallel.tensor_model_parallel_size, "
+                   "so each tensor-parallel rank holds an equal slice")
+    if not 0 <= m.drop_path_rate < 1:
+        out.append(f"model.drop_path_rate={m.drop_path_rate} must be in [0, 1)")
+    return [line for line in out if line]
+
+
+def _parallel(cfg: Config, bad: set[str], world_size: int | None) -> list[str]:
+    p, m, out = cfg.parallel, cfg.model, []
+    if bad & {"parallel.tensor_model_parallel_size", "parallel.pipeline_model_parallel_size",
+              "parallel.context_parallel_size", "parallel.virtual_pipeline_model_parallel_size"}:
+        return out
+    vpp = p.virtual_pipeline_model_parallel_size
+    if vpp is not None and p.pipeline_model_parallel_size == 1:
+        out.append(f"parallel.virtual_pipeline_model_parallel_size={vpp} needs "
+                   "parallel.pipeline_model_parallel_size > 1 (set it to null)")
+    elif "model.num_layers" not in bad:
+        stages = p.pipeline_model_parallel_size * (vpp or 1)
+        if m.num_layers % stages:
+            out.append(f"model.num_layers={m.num_layers} is not divisible by "
+                       f"parallel.pipeline_model_parallel_size x virtual_pipeline_model_parallel_size"
+                       f" = {p.pipeline_model_parallel_size} x {vpp or 1} = {stages}")
+    if p.sequence_parallel and p.tensor_model_parallel_size == 1:
+        out.append("parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1")
+    if p.sequence_parallel and "data.seq_length" not in bad:
+        out.append(_not_divisible("data.seq_length", cfg.data.seq_length,
+                                  "parallel.tensor_model_parallel_size (sequence_parallel)",
+                                  p.tensor_model_parallel_size))
+    if p.context_parallel_size > 1:
+        # Megatron-core splits attention across CP ranks only inside Transformer Engine's core
+        # attention; our mask-free "fused" attention (model/varlen_attention.py) does not split.
+        if m.layer_spec != "te":
+            out.append(f"parallel.context_parallel_size={p.context_parallel_size} needs "
+                       f"model.layer_spec=te (got {m.layer_spec!r})")
+        if m.attention == "fused":
+            out.append(f"parallel.context_parallel_size={p.context_parallel_size} needs "
+                       "model.attention=dense: the fused prefix-LM attention has no context parallelism")
+        if "data.seq_length" not in bad:  # megatron splits each sequence into 2 x CP chunks
+            out.append(_not_divisible("data.seq_length", cfg.data.seq_length,
+                                      "2 x parallel.context_parallel_size", 2 * p.context_parallel_size))
+    if p.overlap_param_gather and not p.use_distributed_optimizer:
+        out.append("parallel.overlap_param_gather=true needs parallel.use_distributed_optimizer=true")
+    if world_size is None:
+        return [line for line in out if line]
+    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
+    if world_size <= 0:
+        out.append(f"world_size={world_size} must be positive")
+    elif world_size % model_parallel:
+        out.append(f"world_size={world_size} is not divisible by parallel.tensor_model_parallel_size x "
+                   f"pipeline_model_parallel_size x context_parallel_size = {model_parallel}")
+    return [line for line in out if line]
+
+
+def _batch(cfg: Config, bad: set[str], world_size: int | None) -> list[str]:
+    t, p = cfg.train, cfg.parallel
+    if bad & {"train.micro_batch_size", "train.global_batch_size"}:
+        return []
+    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
+    if world_size is None or world_size <= 0 or model_parallel <= 0 or world_size % model_parallel:
+        line = _not_divisible("train.global_batch_size", t.global_batch_size,
+                              "train.micro_batch_size", t.micro_batch_size)
+        return [line] if line else []
+    dp = world_size // model_parallel
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        return [(f"train.global_batch_size={t.global_batch_size} is not divisible by "
+                f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp} "
+                f"(world_size {world_size} / model-parallel {model_parallel})")]
+    return []
+
+
+def _device(cfg: Config) -> list[str]:
+    out = []
+    if cfg.train.precision == "fp8" and cfg.model.layer_spec != "te":
+        out.append(f"train.precision=fp8 needs model.layer_spec=te (got {cfg.model.layer_spec!r})")
+    if cfg.train.device == "cpu":
+        for key, value in (("model.layer_spec", "te"), ("data.decoder_device", "mixed"),
+                           ("train.precision", "fp8")):
+            if _get(cfg, key) == value:
+                out.append(f"{key}={value} needs a GPU, but train.device=cpu")
+    return out
+
+
+def _data(cfg: Config, bad: set[str]) -> list[str]:
+    d, m, out = cfg.data, cfg.model, []
+    if d.min_pixels > d.max_pixels:
+        out.append(f"data.min_pixels={d.min_pixels} is larger than data.max_pixels={d.max_pixels}")
+    if len(d.crop_scale) != 2 or not 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1:
+        out.append(f"data.crop_scale={d.crop_scale} must be [low, high] with 0 < low <= high <= 1")
+    if d.max_bad_fraction > 1:
+        out.append(f"data.max_bad_fraction={d.max_bad_fraction} must be at most 1")
+    if bad & {"model.patch_size", "data.image_size", "data.max_pixels", "data.seq_length",
+              "data.max_caption_tokens"}:
+        return out
+    if d.native_resolution:
+        image_tokens, source = d.max_pixels // m.patch_size**2, f"data.max_pixels={d.max_pixels}"
+    else:
+        if d.image_size % m.patch_size:
+            out.append(_not_divisible("data.image_size", d.image_size, "model.patch_size", m.patch_size))
+        image_tokens, source = (d.image_size // m.patch_size) ** 2, f"data.image_size={d.image_size}"
+    # The prompt's token count depends on the tokenizer, so it is not counted here; the packer
+    # enforces the exact bound. This catches the common mistake of a seq_length meant for text only.
+    needed = image_tokens + d.max_caption_tokens
+    if d.seq_length < needed:
+        out.append(f"data.seq_length={d.seq_length} is shorter than one sample: {image_tokens} image "
+                   f"tokens ({source}, model.patch_size={m.patch_size}) + up to {d.max_caption_tokens} "
+                   f"caption tokens (data.max_caption_tokens) = {needed}, plus the prompt")
+    return out
+
+
+def _schedule(cfg: Config) -> list[str]:
+    out, o, s = [], cfg.optimizer, cfg.schedule
+    if not 0 <= s.warmup_fraction < 1:
+        out.append(f"schedule.warmup_fraction={s.warmup_fraction} must be in [0, 1)")
+    if o.lr < o.min_lr:
+        out.append(f"optimizer.lr={o.lr} is smaller than optimizer.min_lr={o.min_lr}")
+    for key in ("optimizer.adam_beta1", "optimizer.adam_beta2"):
+        if not 0 <= _get(cfg, key) < 1:
+            out.append(f"{key}={_get(cfg, key)} must be in [0, 1)")
+    return out
+
+
+def validate(cfg: Config, world_size: int | None = None) -> list[str]:
+    """Every problem with `cfg`, one line each, naming the dotted key; [] when it is consistent.
+
+    `world_size` (total processes) enables the checks that need it: the layout TP x PP x CP must
+    divide it, and the global batch must split into whole micro-batches on every data-parallel rank.
+    """
+    problems, bad = _basic(cfg)
+    return (problems + _model(cfg, bad) + _parallel(cfg, bad, world_size) + _batch(cfg, bad, world_size)
+            + _device(cfg) + _data(cfg, bad) + _schedule(cfg))
+
+
+def check(cfg: Config, world_size: int | None = None) -> Config:
+    """Raise ConfigError listing every problem; return `cfg` unchanged when there is none."""
+    problems = validate(cfg, world_size)
+    if problems:
+        raise ConfigError(problems)
+    return cfg

@@ -1,0 +1,116 @@
+"""GenLIP on megatron-core: one transformer over [image patches][text] with a prefix-LM mask.
+
+"Let ViT Speak: Generative Language-Image Pre-training" (arXiv 2605.00809); architecture facts in
+../shared/genlip.md and the batch contract in docs/batch.md. One instance is one pipeline stage
+(or one virtual stage): the first stage embeds, the last applies ln_post -> proj -> lm_head and the
+caption loss, every stage runs its slice of the blocks with interleaved MRoPE.
+
+Differences from the reference, by design:
+- the patch Conv2d is stored as a Linear [width, 3*P*P] (same numbers; the converter reshapes);
+- the lm_head is vocabulary-parallel and the vocabulary is padded to a multiple of
+  make_vocab_size_divisible_by x TP (padding rows never receive a label);
+- DropPath drops a whole packed sequence, not one sample of it (see model/layer.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
+
+from genlip_megatron.hf.masks import prefix_lm_mask
+from genlip_megatron.hf.rope import interleaved_mrope_freqs
+from genlip_megatron.model.embeddings import GenLIPEmbedding
+from genlip_megatron.model.specs import final_norm_spec, genlip_layer_spec
+from genlip_megatron.model.varlen_attention import prefix_lm_spans
+
+
+class GenLIPModel(MegatronModule):
+    """One pipeline stage of GenLIP.
+
+    Args:
+        config: megatron-core TransformerConfig (see model/transformer_config.py).
+        genlip: the ModelConfig section (patch size, vocab, rope, spec and attention choices).
+        vocab_size: padded vocabulary size.
+    """
+
+    def __init__(self, config, genlip, vocab_size: int, pre_process: bool = True,
+                 post_process: bool = True, vp_stage=None):
+        super().__init__(config=config)
+        self.genlip = genlip
+        self.pre_process, self.post_process, self.vp_stage = pre_process, post_process, vp_stage
+        self.vocab_size = vocab_size
+        self.head_dim = config.kv_channels
+        text_embed_dim = genlip.text_embed_dim or config.hidden_size
+        if pre_process:
+            self.embedding = GenLIPEmbedding(
+                config, patch_dim=genlip.num_channels * genlip.patch_size ** 2,
+                vocab_size=vocab_size, text_embed_dim=text_embed_dim)
+        layer = genlip_layer_spec(genlip.layer_spec, genlip.attention,
+                                  layer_scale_init=genlip.layer_scale_init,
+                                  drop_path_rate=genlip.drop_path_rate)
+        block = TransformerBlockSubmodules(
+            layer_specs=[layer] * get_num_layers_to_build(config, vp_stage=vp_stage),
+            layer_norm=final_norm_spec(genlip.layer_spec))
+        # The block's final LayerNorm (last stage only) is GenLIP's ln_post.
+        self.decoder = TransformerBlock(config, block, post_layer_norm=True,
+                                        pre_process=pre_process, post_process=post_process,
+                                        vp_stage=vp_stage)
+        if post_process:
+            self.proj = (torch.nn.Linear(config.hidden_size, text_embed_dim, bias=True)
+                         if text_embed_dim != config.hidden_size else None)
+            if self.proj is not None:
+                with torch.no_grad():
+                    config.output_layer_init_method(self.proj.weight)
+                    self.proj.bias.zero_()
+                # Under SP proj sees a different sequence slice per TP rank: sum its grads.
+                for p in self.proj.parameters():
+                    p.sequence_parallel = config.sequence_parallel
+            self.output_layer = tensor_parallel.ColumnParallelLinear(
+                text_embed_dim, vocab_size, config=config, init_method=config.init_method,
+                bias=False, skip_bias_add=False, gather_output=False)
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline stages after the first receive their input from the previous stage."""
+        if isinstance(input_tensor, (list, tuple)):
+            input_tensor = input_tensor[0]
+        self.decoder.set_input_tensor(input_tensor)
+
+    def attention_inputs(self, position_ids, segment_ids, is_image):
+        """Rotary angles [S, B, 1, D] and the attention mask (dense [B,1,S,S] or spans [K,3])."""
+        freqs = interleaved_mrope_freqs(position_ids, self.head_dim, self.genlip.rope_theta,
+                                        self.genlip.mrope_section)
+        rotary = freqs.transpose(0, 1).unsqueeze(2).contiguous()
+        if self.genlip.attention == "fused":
+            return rotary, prefix_lm_spans(segment_ids, is_image)
+        return rotary, prefix_lm_mask(segment_ids, is_image)
+
+    def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None):
+        """Returns per-token CE [B, S] when labels are given (last stage), logits [S, B, V/tp] on the
+        last stage otherwise, and the hidden stream [S, B, H] on other stages."""
+        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image)
+        hidden = self.embedding(tokens, image_patches, is_image) if self.pre_process else None
+        hidden = self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)
+        if not self.post_process:
+            return hidden
+        if self.proj is not None:
+            hidden = self.proj(hidden)
+        logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
+        if labels is None:
+            return logits
+        # vocab_parallel_cross_entropy needs an in-range label everywhere; -100 positions are
+        # zeroed by the caller's loss_mask.
+        safe = labels.clamp(min=0).transpose(0, 1).contiguous()
+        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), safe)
+        return loss.transpose(0, 1).contiguous()  # [B, S]
+
+    def features(self, tokens, image_patches, is_image, position_ids, segment_ids):
+        """Trunk features after ln_post, [S, B, H] (single-stage models)."""
+        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image)
+        hidden = self.embedding(tokens, image_patches, is_image)
+        return self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)

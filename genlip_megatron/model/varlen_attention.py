@@ -1,0 +1,134 @@
+"""Prefix-LM attention for packed sequences without an S x S mask (the "fused" path).
+
+Per sample, laid out [image tokens][text tokens], the prefix-LM mask splits into two mask-free
+variable-length attentions:
+  1. image queries over the sample's image keys, bidirectional;
+  2. text queries over ALL keys of the sample, causal aligned to the bottom-right corner
+     (text query i sees the n_img image keys and text keys 0..i).
+Both run on concatenated token streams described by cumulative lengths (cu_seqlens), so memory is
+linear in the sequence length. `tests/model/test_varlen_attention.py` proves the decomposition
+equals the dense mask (`genlip_megatron.hf.masks.prefix_lm_mask`).
+
+The kernel is the only device-specific part: torch's flash-attention `varlen_attn` on CUDA
+(bf16/fp16), and on CPU a per-segment scaled_dot_product_attention loop (the reference kernel).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from megatron.core.transformer.module import MegatronModule
+
+
+def prefix_lm_spans(segment_ids: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+    """Locate every sample of a packed micro-batch.
+
+    Args:
+        segment_ids: int [B, S], -1 at padding. is_image: bool [B, S].
+    Returns:
+        int64 [K, 3]: (sample_start, text_start, sample_end) for each of the K samples, as offsets
+        into the flattened [B * S] token stream.
+    """
+    b, s = segment_ids.shape
+    seg = segment_ids.reshape(-1)
+    valid = seg >= 0
+    pos = torch.arange(b * s, device=seg.device)
+    row_start = pos % s == 0
+    row_end = pos % s == s - 1
+    prev_differs = torch.ones_like(valid)
+    prev_differs[1:] = seg[1:] != seg[:-1]
+    next_differs = torch.ones_like(valid)
+    next_differs[:-1] = seg[:-1] != seg[1:]
+    starts = pos[valid & (row_start | prev_differs)]
+    ends = pos[valid & (row_end | next_differs)] + 1
+    image_cumsum = torch.nn.functional.pad(is_image.reshape(-1).long().cumsum(0), (1, 0))
+    # Image tokens come first in a sample, so its text starts after its image count.
+    text_starts = starts + (image_cumsum[ends] - image_cumsum[starts])
+    return torch.stack([starts, text_starts, ends], dim=1)
+
+
+def _ranges(starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Concatenate arange(start, end) for every pair, vectorised."""
+    lengths = ends - starts
+    offsets = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+    return torch.arange(int(lengths.sum()), device=starts.device) + offsets
+
+
+def _cu(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+
+
+def varlen_attention_reference(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
+    """CPU kernel: [T, h, d] streams, one SDPA call per segment; causal is bottom-right aligned."""
+    out = torch.empty_like(q)
+    for i in range(cu_q.numel() - 1):
+        q0, q1, k0, k1 = int(cu_q[i]), int(cu_q[i + 1]), int(cu_k[i]), int(cu_k[i + 1])
+        if q1 == q0:
+            continue
+        qs, ks, vs = (t.transpose(0, 1) for t in (q[q0:q1], k[k0:k1], v[k0:k1]))
+        mask = None
+        if causal:
+            n_q, n_k = q1 - q0, k1 - k0
+            mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
+        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
+        out[q0:q1] = o.transpose(0, 1)
+    return out
+
+
+def varlen_attention_cuda(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
+    """GPU kernel: flash-attention varlen; window (-1, 0) is causal, bottom-right aligned."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    max_q = int((cu_q[1:] - cu_q[:-1]).max())
+    max_k = int((cu_k[1:] - cu_k[:-1]).max())
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale,
+                       window_size=(-1, 0) if causal else (-1, -1))
+
+
+def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> torch.Tensor:
+    """Prefix-LM attention of flattened tokens.
+
+    Args:
+        q, k, v: [T, h, d] with T = B * S (flattened packed micro-batch).
+        spans: int64 [K, 3] from `prefix_lm_spans`.
+    Returns:
+        [T, h, d]; zero at padding positions (nothing reads them and they carry no loss).
+    """
+    if kernel is None:
+        kernel = varlen_attention_cuda if q.is_cuda else varlen_attention_reference
+    starts, text_starts, ends = spans.unbind(1)
+    image_idx = _ranges(starts, text_starts)
+    text_idx = _ranges(text_starts, ends)
+    sample_idx = _ranges(starts, ends)
+    out = torch.zeros_like(q)
+    cu_image = _cu(text_starts - starts)
+    out[image_idx] = kernel(q[image_idx], k[image_idx], v[image_idx], cu_image, cu_image,
+                            False, scale)
+    out[text_idx] = kernel(q[text_idx], k[sample_idx], v[sample_idx], _cu(ends - text_starts),
+                           _cu(ends - starts), True, scale)
+    return out
+
+
+class PrefixLMVarlenAttention(MegatronModule):
+    """megatron-core core-attention module for the fused path.
+
+    Receives `attention_mask` = the [K, 3] spans tensor (built once per forward by the model), so
+    megatron-core's recompute can checkpoint it like any tensor argument.
+    """
+
+    def __init__(self, config, layer_number: int, attn_mask_type=None, attention_type="self",
+                 attention_dropout=None, softmax_scale=None, **unused):
+        super().__init__(config=config)
+        if config.attention_dropout > 0:
+            raise ValueError("model.attention=fused does not implement attention dropout")
+        head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(head_dim)
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None):
+        """query/key/value: [S, B, h, d] -> context [S, B, h * d]."""
+        s, b, h, d = query.shape
+        flat = [t.transpose(0, 1).reshape(b * s, h, d) for t in (query, key, value)]
+        out = prefix_lm_varlen_attention(*flat, attention_mask, self.softmax_scale)
+        return out.reshape(b, s, h * d).transpose(0, 1).contiguous()
