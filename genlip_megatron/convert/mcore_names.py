@@ -111,8 +111,7 @@ def _tp_slice(name: str, full: torch.Tensor, param, tp_rank: int, tp_size: int) 
     if tp_size == 1 or not getattr(param, "tensor_model_parallel", False):
         return full
     dim = param.partition_dim
-    if ".linear_fc1." in name and not name.endswith("layer_norm_weight") \
-            and not name.endswith("layer_norm_bias"):
+    if _is_glu_rows(name):
         gate, up = full.chunk(2, dim=dim)
         return torch.cat([gate.chunk(tp_size, dim)[tp_rank], up.chunk(tp_size, dim)[tp_rank]], dim)
     return full.chunk(tp_size, dim=dim)[tp_rank].contiguous()
@@ -121,16 +120,34 @@ def _tp_slice(name: str, full: torch.Tensor, param, tp_rank: int, tp_size: int) 
 def shard_for_model(full: dict, model: torch.nn.Module, tp_rank: int, tp_size: int) -> dict:
     """Cut a full megatron-core state dict into `model`'s local slices (its pipeline stage and TP
     rank). Local layer i of the stage is global layer `layers[i].layer_number - 1`."""
-    offsets = {}
-    decoder = getattr(model, "decoder", None)
-    if decoder is not None:
-        offsets = {i: layer.layer_number - 1 for i, layer in enumerate(decoder.layers)}
     params = dict(model.named_parameters())
-    local = {}
-    for name in model.state_dict():
-        if name.endswith("_extra_state"):
-            continue
-        m = _LAYER_KEY.match(name)
-        global_name = f"{m[1]}{offsets[int(m[2])]}{m[3]}" if m else name
-        local[name] = _tp_slice(name, full[global_name], params.get(name), tp_rank, tp_size)
-    return local
+    return {name: _tp_slice(name, full[global_name(name, model)], params.get(name), tp_rank, tp_size)
+            for name in model.state_dict() if not name.endswith("_extra_state")}
+
+
+def _is_glu_rows(name: str) -> bool:
+    return ".linear_fc1." in name and "layer_norm" not in name
+
+
+def gather_tp_slices(name: str, local: torch.Tensor, param, group) -> torch.Tensor:
+    """Inverse of the TP cut: all-gather a tensor-parallel slice back to the full tensor."""
+    import torch.distributed as dist
+
+    size = dist.get_world_size(group)
+    if size == 1 or not getattr(param, "tensor_model_parallel", False):
+        return local
+    parts = [torch.empty_like(local) for _ in range(size)]
+    dist.all_gather(parts, local.contiguous(), group=group)
+    dim = param.partition_dim
+    if _is_glu_rows(name):
+        halves = [p.chunk(2, dim=dim) for p in parts]
+        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=dim)
+    return torch.cat(parts, dim=dim)
+
+
+def global_name(name: str, model: torch.nn.Module) -> str:
+    """`decoder.layers.<local>.…` of a pipeline stage -> the name with the global layer index."""
+    m = _LAYER_KEY.match(name)
+    if not m:
+        return name
+    return f"{m[1]}{model.decoder.layers[int(m[2])].layer_number - 1}{m[3]}"

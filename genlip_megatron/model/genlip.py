@@ -15,7 +15,8 @@ Differences from the reference, by design:
 from __future__ import annotations
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import (
     TransformerBlock,
@@ -42,6 +43,9 @@ class GenLIPModel(MegatronModule):
     def __init__(self, config, genlip, vocab_size: int, pre_process: bool = True,
                  post_process: bool = True, vp_stage=None):
         super().__init__(config=config)
+        self.model_type = ModelType.encoder_or_decoder  # what megatron-core's schedules look up
+        # GenLIP's lm_head is untied from the embedding (finalize_model_grads asks).
+        self.share_embeddings_and_output_weights = False
         self.genlip = genlip
         self.pre_process, self.post_process, self.vp_stage = pre_process, post_process, vp_stage
         self.vocab_size = vocab_size
@@ -101,6 +105,7 @@ class GenLIPModel(MegatronModule):
         if self.proj is not None:
             hidden = self.proj(hidden)
         logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
+        logits = self._mask_vocab_padding(logits)
         if labels is None:
             return logits
         # vocab_parallel_cross_entropy needs an in-range label everywhere; -100 positions are
@@ -108,6 +113,17 @@ class GenLIPModel(MegatronModule):
         safe = labels.clamp(min=0).transpose(0, 1).contiguous()
         loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), safe)
         return loss.transpose(0, 1).contiguous()  # [B, S]
+
+    def _mask_vocab_padding(self, logits):
+        """Padding rows of the vocabulary must not take softmax mass: the exported model (with
+        the tokenizer's true vocabulary) would otherwise give different probabilities."""
+        real = self.genlip.vocab_size
+        if real >= self.vocab_size:
+            return logits
+        local = logits.shape[-1]
+        first = parallel_state.get_tensor_model_parallel_rank() * local
+        ids = torch.arange(first, first + local, device=logits.device)
+        return logits.masked_fill(ids >= real, float("-inf"))
 
     def features(self, tokens, image_patches, is_image, position_ids, segment_ids):
         """Trunk features after ln_post, [S, B, H] (single-stage models)."""

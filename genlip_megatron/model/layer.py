@@ -56,7 +56,10 @@ class GenLIPTransformerLayer(TransformerLayer):
         sp = bool(config.sequence_parallel)
         self.layer_scale1 = LayerScale(config.hidden_size, layer_scale_init, sp)
         self.layer_scale2 = LayerScale(config.hidden_size, layer_scale_init, sp)
-        self.drop_path_rate = float(drop_path_rate)
+        # Stochastic depth grows linearly with depth: 0 at the first layer, drop_path_rate at the
+        # last (layer_number is global and 1-based, so every pipeline stage agrees).
+        depth = max(config.num_layers - 1, 1)
+        self.drop_path_rate = float(drop_path_rate) * (self.layer_number - 1) / depth
         self.self_attn_bda = self._residual_factory(self.layer_scale1)
         self.mlp_bda = self._residual_factory(self.layer_scale2)
 

@@ -1,0 +1,132 @@
+"""Rank-side code of the parallel parity tests: one GenLIP step under any TP/SP/PP/VPP layout.
+
+Every rank builds its stage(s) of the megatron-core model from the SAME plain-torch reference
+weights (genlip_megatron/hf), runs megatron-core's forward-backward schedule with real DDP and
+finalize_model_grads over two micro-batches, and returns the loss and its parameter gradients
+re-assembled to full tensors under their global names. The test compares them with the
+single-process reference model's loss and autograd gradients.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from packed_batch import packed_batch
+
+HIDDEN, HEADS, LAYERS, FFN, TEXT_DIM, VOCAB, PATCH = 64, 4, 4, 96, 48, 256, 4
+SEQ, MICRO_BATCH, MICRO_BATCHES = 48, 2, 2
+ROWS = [  # per micro-batch: sequences of samples (grid_h, grid_w, n_text)
+    [[(3, 4, 9), (2, 3, 8), (2, 2, 6)], [(4, 4, 12), (3, 3, 7)]],
+    [[(2, 5, 14), (4, 3, 10)], [(3, 3, 5), (2, 2, 9), (1, 3, 4)]],
+]
+
+
+def tiny_config(tp=1, pp=1, vpp=None, sp=False, attention="dense", recompute="none"):
+    from genlip_megatron.config.schema import Config
+
+    c = Config()
+    m = c.model
+    m.hidden_size, m.num_attention_heads, m.num_layers, m.ffn_hidden_size = HIDDEN, HEADS, LAYERS, FFN
+    m.text_embed_dim, m.vocab_size, m.patch_size, m.mrope_section = TEXT_DIM, VOCAB, PATCH, [2, 3, 3]
+    m.drop_path_rate, m.attention, m.recompute = 0.0, attention, recompute
+    p = c.parallel
+    p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
+    p.virtual_pipeline_model_parallel_size, p.sequence_parallel = vpp, sp
+    c.train.device, c.train.precision = "cpu", "fp32"
+    return c
+
+
+def reference_model():
+    """The plain-torch GenLIP with seeded, non-trivial weights (same on every rank)."""
+    from genlip_megatron.hf.configuration_genlip import GenLIPConfig
+    from genlip_megatron.hf.modeling_genlip import GenLIPModel
+
+    config = GenLIPConfig(hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
+                          num_attention_heads=HEADS, patch_size=PATCH, mrope_section=[2, 3, 3],
+                          text_embed_dim=TEXT_DIM, vocab_size=VOCAB, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    model = GenLIPModel(config)
+    with torch.no_grad():  # move LayerNorm / LayerScale / biases off their init values
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def micro_batches():
+    return [packed_batch(rows, seq_length=SEQ, patch_dim=3 * PATCH * PATCH, vocab=VOCAB, seed=i)
+            for i, rows in enumerate(ROWS)]
+
+
+def reference_loss_and_grads():
+    """Single process: loss = sum CE / loss tokens over both micro-batches; grads in mcore names."""
+    from genlip_megatron.convert.mcore_names import hf_to_mcore
+
+    model = reference_model()
+    sums, counts = zip(*(model.loss_packed(b) for b in micro_batches()))
+    loss = sum(sums) / sum(counts)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return loss.item(), hf_to_mcore(grads, num_layers=LAYERS, num_heads=HEADS, padded_vocab=VOCAB)
+
+
+def _loss_func(loss_mask, per_token_loss):
+    total = (per_token_loss * loss_mask).sum()
+    count = loss_mask.sum().to(torch.int)
+    return total, count, {"lm loss": torch.stack([total.detach(), count.float()])}
+
+
+def _forward_step(data_iterator, model):
+    b = next(data_iterator)
+    out = model(b["tokens"], b["image_patches"], b["is_image"], b["position_ids"],
+                b["segment_ids"], labels=b["labels"])
+    return out, partial(_loss_func, b["loss_mask"])
+
+
+def parallel_loss_and_grads(layout: dict):
+    """Run on every rank (harness sets TP/PP/VPP). Returns (loss or None, {global name: grad})."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from genlip_megatron.convert.mcore_names import gather_tp_slices, global_name, hf_to_mcore
+    from genlip_megatron.convert.mcore_names import shard_for_model
+    from genlip_megatron.model.genlip import GenLIPModel
+    from genlip_megatron.model.transformer_config import genlip_transformer_config
+
+    cfg = tiny_config(**layout)
+    tc = genlip_transformer_config(cfg)
+    full = hf_to_mcore(reference_model().state_dict(), num_layers=LAYERS, num_heads=HEADS,
+                       padded_vocab=VOCAB)
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size
+    tp_rank, tp = ps.get_tensor_model_parallel_rank(), cfg.parallel.tensor_model_parallel_size
+    chunks = []
+    for v in range(vpp or 1):
+        stage = v if vpp else None
+        model = GenLIPModel(tc, cfg.model, VOCAB,
+                            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+                            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+                            vp_stage=stage)
+        missing = model.load_state_dict(shard_for_model(full, model, tp_rank, tp), strict=False)
+        assert not [k for k in missing.missing_keys if not k.endswith("_extra_state")], missing
+        ddp = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                            use_distributed_optimizer=False)
+        chunks.append(DistributedDataParallel(tc, ddp, model, disable_bucketing=v > 0))
+    tc.finalize_model_grads_func = finalize_model_grads
+    batches = micro_batches()
+    losses = get_forward_backward_func()(
+        forward_step_func=_forward_step, data_iterator=[iter(batches) for _ in chunks],
+        model=chunks, num_microbatches=MICRO_BATCHES, seq_length=SEQ,
+        micro_batch_size=MICRO_BATCH, forward_only=False)
+    loss = None
+    if losses:
+        reported = torch.stack([x["lm loss"] for x in losses]).sum(0)
+        loss = (reported[0] / reported[1]).item()
+    grads = {}
+    for chunk in chunks:
+        for name, p in chunk.module.named_parameters():
+            full_grad = gather_tp_slices(name, p.main_grad, p, ps.get_tensor_model_parallel_group())
+            grads[global_name(name, chunk.module)] = full_grad.clone()
+    return loss, (grads if tp_rank == 0 else {})
