@@ -130,3 +130,60 @@ def parallel_loss_and_grads(layout: dict):
             full_grad = gather_tp_slices(name, p.main_grad, p, ps.get_tensor_model_parallel_group())
             grads[global_name(name, chunk.module)] = full_grad.clone()
     return loss, (grads if tp_rank == 0 else {})
+
+
+def single_stage_model(attention="dense", vocab_size=VOCAB):
+    """TP1 megatron-core GenLIP holding the reference weights, and the reference itself."""
+    from genlip_megatron.config.schema import padded_vocab_size
+    from genlip_megatron.convert.mcore_names import hf_to_mcore, shard_for_model
+    from genlip_megatron.model.genlip import GenLIPModel
+    from genlip_megatron.model.transformer_config import genlip_transformer_config
+
+    cfg = tiny_config(attention=attention)
+    cfg.model.vocab_size = vocab_size
+    padded = padded_vocab_size(cfg.model, 1)
+    reference = reference_model()
+    model = GenLIPModel(genlip_transformer_config(cfg), cfg.model, padded).eval()
+    full = hf_to_mcore(reference.state_dict(), num_layers=LAYERS, num_heads=HEADS,
+                       padded_vocab=padded)
+    model.load_state_dict(shard_for_model(full, model, 0, 1), strict=False)
+    return model, reference.eval()
+
+
+def tp1_logits(attention):
+    """Logits [B, S, V] of the megatron-core model and of the reference on one packed batch."""
+    model, reference = single_stage_model(attention)
+    b = micro_batches()[0]
+    args = (b["tokens"], b["image_patches"], b["is_image"], b["position_ids"], b["segment_ids"])
+    with torch.no_grad():
+        return model(*args).transpose(0, 1), reference.forward_packed(*args)["logits"], b
+
+
+def tp1_parameter_counts():
+    model, reference = single_stage_model()
+    return (sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in reference.parameters()))
+
+
+def tp1_perturbation_effects(attention):
+    """Change one image patch and one text token of sample 1 of row 0; report which positions'
+    logits moved. Returns (base batch, moved-by-image [S], moved-by-text [S])."""
+    model, _ = single_stage_model(attention)
+    b = micro_batches()[0]
+
+    def logits(tokens, patches):
+        with torch.no_grad():
+            return model(tokens, patches, b["is_image"], b["position_ids"], b["segment_ids"])[:, 0]
+
+    base = logits(b["tokens"], b["image_patches"])
+    seg, img = b["segment_ids"][0], b["is_image"][0]
+    first_image_of_sample1 = int(((seg == 1) & img).nonzero()[0])
+    patches = b["image_patches"].clone()
+    # image_patches follow sequence order and row 0 comes first: count the image tokens before.
+    patches[int(img[:first_image_of_sample1].sum())] += 1.0
+    moved_by_image = (logits(b["tokens"], patches) - base).abs().amax(-1) > 1e-6
+    text_pos = int(((seg == 1) & ~img).nonzero()[3])
+    tokens = b["tokens"].clone()
+    tokens[0, text_pos] = (tokens[0, text_pos] % (VOCAB - 1)) + 1
+    moved_by_text = (logits(tokens, b["image_patches"]) - base).abs().amax(-1) > 1e-6
+    return b, first_image_of_sample1, text_pos, moved_by_image, moved_by_text

@@ -1,0 +1,35 @@
+"""The megatron-core GenLIP at TP1 against the plain-torch reference: logits, mask semantics,
+parameter count, vocabulary padding."""
+
+import pytest
+import torch
+
+from multiproc import run_on_ranks
+from parallel_parity import tp1_logits, tp1_parameter_counts, tp1_perturbation_effects
+
+
+@pytest.mark.parametrize("attention", ["dense", "fused"])
+def test_logits_equal_reference_on_every_real_token(attention):
+    [(ours, ref, batch)] = run_on_ranks(1, tp1_logits, attention)
+    real = batch["segment_ids"] >= 0
+    assert (ours - ref)[real].abs().max() <= 1e-5
+
+
+def test_parameter_count_equals_reference():
+    [(ours, ref)] = run_on_ranks(1, tp1_parameter_counts)
+    assert ours == ref
+
+
+@pytest.mark.parametrize("attention", ["dense", "fused"])
+def test_prefix_lm_mask_semantics_by_perturbation(attention):
+    [(b, image_pos, text_pos, by_image, by_text)] = run_on_ranks(
+        1, tp1_perturbation_effects, attention)
+    seg, img = b["segment_ids"][0], b["is_image"][0]
+    positions = torch.arange(seg.numel())
+    sample1 = seg == 1
+    # An image token changes every token of its own sample (image and text) and nothing else.
+    assert torch.equal(by_image, sample1)
+    # A text token changes only itself and later text of its sample: never an image token,
+    # never an earlier text token, never another sample.
+    assert torch.equal(by_text, sample1 & ~img & (positions >= text_pos))
+    assert image_pos < text_pos
