@@ -1,7 +1,6 @@
 """Session-wide fixtures. Only the multi-process harness lives here (see tests/multiproc.py)."""
 
 import pytest
-
 from multiproc import shutdown_pools  # tests/ is on sys.path: pytest inserts a conftest's folder
 
 

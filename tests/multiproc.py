@@ -22,7 +22,8 @@ import queue
 import socket
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -67,7 +68,7 @@ def _worker(rank: int, world_size: int, port: int, tasks, results) -> None:
         init_distributed(
             rank, world_size, "127.0.0.1", port, device="cpu", timeout_s=WORKER_COLLECTIVE_TIMEOUT_S
         )
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - every failure, whatever it is, goes to the parent
         results.put(("startup", rank, False, traceback.format_exc()))
         return
     results.put(("startup", rank, True, None))
@@ -80,7 +81,7 @@ def _worker(rank: int, world_size: int, port: int, tasks, results) -> None:
             reset_model_parallel(**layout)
             # Pickled here, not in the queue's feeder thread, so an unpicklable result is reported.
             payload = (task_id, rank, True, pickle.dumps(fn(*args, **kwargs)))
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - every failure, whatever it is, goes to the parent
             payload = (task_id, rank, False, traceback.format_exc())
         results.put(payload)
     destroy_distributed()
@@ -189,7 +190,7 @@ def run_on_ranks(
     pool = _pools.get(world_size)
     if pool is None or not pool.alive():
         pool = _pools[world_size] = WorkerPool(world_size)
-    layout = dict(tp=tp, pp=pp, vpp=vpp, cp=cp, seed=seed)
+    layout = {"tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "seed": seed}
     return pool.run(fn, args, kwargs, layout, timeout)
 
 

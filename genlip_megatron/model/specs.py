@@ -1,6 +1,7 @@
 """The two layer specs, chosen in one place from the config: `local` (pure torch) and `te`.
 
-`local` is the CPU path and the reference; `te` swaps in Transformer Engine modules (fused
+`local` is the CPU path and the reference (pure torch: megatron-core's tensor-parallel linears,
+torch LayerNorm, torch SDPA for the dense mask); `te` swaps in Transformer Engine modules (fused
 LayerNorm+Linear, FP8-capable GEMMs, cuDNN/flash attention) without touching the model. Transformer
 Engine is imported only when `te` is chosen, because it does not install on machines without CUDA.
 The core attention is megatron-core's (dense S x S mask) or ours (`PrefixLMVarlenAttention`, no S x S
@@ -19,6 +20,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from genlip_megatron.model.layer import GenLIPTransformerLayer
+from genlip_megatron.model.sdpa_attention import SDPAAttention
 from genlip_megatron.model.varlen_attention import PrefixLMVarlenAttention
 
 LAYER_SPECS = ("local", "te")
@@ -34,8 +36,7 @@ def _local_modules(attention: str) -> dict:
         linear_proj=backend.row_parallel_linear(),
         linear_fc1=backend.column_parallel_linear(),
         linear_fc2=backend.row_parallel_linear(),
-        core_attention=(backend.core_attention() if attention == "dense"
-                        else PrefixLMVarlenAttention),
+        core_attention=SDPAAttention if attention == "dense" else PrefixLMVarlenAttention,
     )
 
 

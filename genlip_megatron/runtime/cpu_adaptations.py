@@ -1,13 +1,9 @@
 """Runtime adaptations that let megatron-core 0.16 train on CPU with the gloo backend.
 
-megatron-core assumes CUDA in a handful of places. Each adaptation below is one small function that
-patches one of them and returns a function that undoes the patch. `apply_cpu_adaptations()` applies
-all of them (idempotent) and must run in every rank before any model or optimizer is built, and only
-when the run's device is CPU: on GPU none of them is wanted. `without_cpu_adaptation(name)` lifts one
-for the duration of a `with` block, so tests can show that each one is needed.
-
-What was measured, and why each exists: ../shared/notes/megatron-core-on-cpu.md and docs/cpu.md.
-NOTE: these touch private megatron-core functions, so the version is checked (0.16.x only).
+Each adaptation is one function that patches one CUDA assumption and returns its undo.
+`apply_cpu_adaptations()` (idempotent) runs in every rank before any model is built, only when the
+device is CPU; `without_cpu_adaptation(name)` lifts one inside a `with` block (tests show each is
+needed). Why each exists: docs/cpu.md. NOTE: private functions are patched, so 0.16.x only.
 """
 
 from __future__ import annotations
@@ -15,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -33,7 +29,11 @@ def _patch(owner: object, name: str, replacement: object) -> Undo:
 
 
 def _undo_all(undos: list[Undo]) -> Undo:
-    return lambda: [undo() for undo in reversed(undos)] and None
+    def undo() -> None:
+        for each in reversed(undos):
+            each()
+
+    return undo
 
 
 def check_mcore_version() -> None:
@@ -42,18 +42,10 @@ def check_mcore_version() -> None:
 
     if tuple(package_info.VERSION[:2]) != SUPPORTED_MCORE:
         raise RuntimeError(
-            f"genlip_megatron's CPU adaptations were written against megatron-core "
-            f"{SUPPORTED_MCORE[0]}.{SUPPORTED_MCORE[1]}.x and patch its private functions; found "
-            f"{package_info.__version__}. Install megatron-core==0.16.1 or re-check every call site "
-            f"listed in genlip_megatron/runtime/cpu_adaptations.py."
+            "genlip_megatron's CPU adaptations were written against megatron-core 0.16.x and patch "
+            f"its private functions; found {package_info.__version__}. Install megatron-core==0.16.1 "
+            "or re-check every call site patched in genlip_megatron/runtime/cpu_adaptations.py."
         )
-
-
-class _DropCpuRngWarning(logging.Filter):
-    """On CPU the tracked streams ARE the CPU generator, so 'CPU RNG state changed' is expected."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
 
 
 def rng_streams_on_cpu_generator() -> Undo:
@@ -65,31 +57,28 @@ def rng_streams_on_cpu_generator() -> Undo:
     """
     from megatron.core.tensor_parallel import random as mp_random
 
-    def get_state(device=None, clone=False, graph_safe=False):
-        return torch.get_rng_state()  # already a copy
-
-    def set_state(new_state, device=-1, graph_safe=False):
-        torch.set_rng_state(new_state)
-
     def add(self, name, seed):
         # Same bookkeeping as upstream (unique names and seeds), stream on the CPU generator.
         self._is_initialized = True
         if seed in self.seeds_:
-            raise Exception(f"seed {seed} already exists")
+            raise RuntimeError(f"seed {seed} already exists")
         if name in self.states_:
-            raise Exception(f"rng state {name} already exists")
+            raise RuntimeError(f"rng state {name} already exists")
         self.seeds_.add(seed)
         original = torch.get_rng_state()
         torch.default_generator.manual_seed(seed)
         self.states_[name] = torch.get_rng_state()
         torch.set_rng_state(original)
 
-    log_filter = _DropCpuRngWarning()
+    def log_filter(record: logging.LogRecord) -> bool:
+        # On CPU the forked streams ARE the CPU generator, so upstream's warning always fires.
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
     random_logger = logging.getLogger(mp_random.__name__)
     random_logger.addFilter(log_filter)
     undos = [
-        _patch(mp_random, "_get_cuda_rng_state", get_state),
-        _patch(mp_random, "_set_cuda_rng_state", set_state),
+        _patch(mp_random, "_get_cuda_rng_state", lambda *_, **__: torch.get_rng_state()),
+        _patch(mp_random, "_set_cuda_rng_state", lambda state, *_, **__: torch.set_rng_state(state)),
         _patch(mp_random.CudaRNGStatesTracker, "add", add),
         # The data-parallel ("default") stream is seeded with torch.cuda.manual_seed upstream.
         _patch(torch.cuda, "manual_seed", lambda seed: torch.default_generator.manual_seed(seed)),
@@ -106,23 +95,15 @@ def cuda_device_calls_on_cpu() -> Undo:
     p2p communication and parallel_state.
     """
     cpu = torch.device("cpu")
-    return _undo_all(
-        [
-            _patch(torch.cuda, "current_device", lambda: cpu),
-            _patch(torch.cuda, "synchronize", lambda device=None: None),
-            _patch(torch.cuda, "empty_cache", lambda: None),
-            _patch(torch.Tensor, "cuda", lambda self, *args, **kwargs: self),
-        ]
-    )
+    undos = [_patch(torch.cuda, "current_device", lambda: cpu)]
+    undos += [_patch(torch.cuda, name, lambda *_, **__: None) for name in ("synchronize", "empty_cache")]
+    return _undo_all(undos + [_patch(torch.Tensor, "cuda", lambda self, *_, **__: self)])
 
 
 def _names_cuda(device: object) -> bool:
-    if isinstance(device, torch.device):
-        return device.type == "cuda"
-    if isinstance(device, str):
-        return device.startswith("cuda")
-    # A bare integer device means a CUDA ordinal to torch.
-    return isinstance(device, int) and not isinstance(device, bool)
+    if isinstance(device, (str, torch.device)):
+        return str(device).startswith("cuda")
+    return isinstance(device, int) and not isinstance(device, bool)  # a bare int is a CUDA ordinal
 
 
 class CudaFactoriesOnCpu(TorchFunctionMode):
@@ -142,8 +123,7 @@ def cuda_literal_factories_on_cpu() -> Undo:
 
     Without it: the default causal mask (transformer/utils.py), the pipeline schedules' token
     counter, the optimizer's found_inf/scale scalars and clip_grads' norm tensor raise.
-    NOTE: the mode lives on this thread's torch-function mode stack, so it must be undone in LIFO
-    order with any mode entered after it.
+    NOTE: the mode sits on this thread's mode stack, so undo it in LIFO order with later modes.
     """
     mode = CudaFactoriesOnCpu()
     mode.__enter__()
@@ -172,13 +152,11 @@ def sequence_parallel_torch_norm() -> Undo:
             param.sequence_parallel = True
         return norm
 
-    WrappedTorchNorm.__new__ = new
-    return lambda: setattr(WrappedTorchNorm, "__new__", original_new)
+    return _patch(WrappedTorchNorm, "__new__", new)
 
 
-@contextlib.contextmanager
-def _cpu_types_named_as_cuda() -> Iterator[None]:
-    """While active, `Tensor.type()` of a CPU float tensor answers with the CUDA type name."""
+def _run_with_cuda_type_names(function: Callable) -> Callable:
+    """`function`, during which `Tensor.type()` of a CPU tensor answers with the CUDA type name."""
     original_type = torch.Tensor.type
 
     def type_(self, dtype=None, non_blocking=False, **kwargs):
@@ -187,17 +165,12 @@ def _cpu_types_named_as_cuda() -> Iterator[None]:
             return "torch.cuda." + name[len("torch.") :]
         return name
 
-    torch.Tensor.type = type_
-    try:
-        yield
-    finally:
-        torch.Tensor.type = original_type
-
-
-def _run_with_cuda_type_names(function: Callable) -> Callable:
     def wrapper(*args, **kwargs):
-        with _cpu_types_named_as_cuda():
+        torch.Tensor.type = type_
+        try:
             return function(*args, **kwargs)
+        finally:
+            torch.Tensor.type = original_type
 
     return wrapper
 
@@ -239,22 +212,36 @@ def distributed_optimizer_torch_adam_load() -> Undo:
     """Make a fresh DistributedOptimizer (torch Adam, no TE/apex) load a checkpoint correctly.
 
     Without it, loading fails in three successive ways: `state_dict()` asserts `len(steps) == 1`
-    while no Adam state exists yet; with exp_avg/exp_avg_sq but no step it raises KeyError 'step';
-    and, silently, `load_state_dict` gives every param the SAME `step` tensor, which Adam then
-    increments once per param per step (step 1 -> 30 after resume: wrong bias correction).
+    while no Adam state exists yet; copying the loaded shards raises KeyError 'step' (the torch-Adam
+    state has a `step` that the checkpointed param state leaves out on purpose); and, silently,
+    `load_state_dict` gives every param the SAME `step` tensor, which Adam then increments once per
+    param per step (step 1 -> 30 after resume: wrong bias correction).
     Fresh zero state with step 0 is exactly what torch Adam would create on its first step.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     original_state_dict = DistributedOptimizer.state_dict
     original_load = DistributedOptimizer.load_state_dict
+    original_set_states = DistributedOptimizer._set_main_param_and_optimizer_states
 
     def state_dict(self):
         for param, state in _torch_adam_states(self.optimizer):
-            state.setdefault("exp_avg", torch.zeros_like(param))
-            state.setdefault("exp_avg_sq", torch.zeros_like(param))
-            state.setdefault("step", torch.tensor(0.0))
+            if "step" not in state:  # never stepped (state may hold init_state_fn's zero moments)
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    state.setdefault(moment, torch.zeros_like(param))
+                state["step"] = torch.tensor(0.0)
         return original_state_dict(self)
+
+    def set_states(self, model_param, tensors):
+        # `step` comes from the param groups (load_state_dict), not from the per-param shards.
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group_index]["params"][group_order]]
+        step = state.pop("step", None) if "step" not in tensors else None
+        try:
+            original_set_states(self, model_param, tensors)
+        finally:
+            if step is not None:
+                state["step"] = step
 
     def load_state_dict(self, state_dict):
         original_load(self, state_dict)
@@ -262,12 +249,9 @@ def distributed_optimizer_torch_adam_load() -> Undo:
             if "step" in state:
                 state["step"] = state["step"].clone()
 
-    return _undo_all(
-        [
-            _patch(DistributedOptimizer, "state_dict", state_dict),
-            _patch(DistributedOptimizer, "load_state_dict", load_state_dict),
-        ]
-    )
+    patches = {"state_dict": state_dict, "load_state_dict": load_state_dict}
+    patches["_set_main_param_and_optimizer_states"] = set_states
+    return _undo_all([_patch(DistributedOptimizer, name, fn) for name, fn in patches.items()])
 
 
 # Applied in this order; undone in reverse (the torch-function mode must pop in LIFO order).
@@ -296,10 +280,6 @@ def remove_cpu_adaptations() -> None:
         _applied.pop(name)()
 
 
-def applied_cpu_adaptations() -> list[str]:
-    return list(_applied)
-
-
 @contextlib.contextmanager
 def without_cpu_adaptation(name: str) -> Iterator[None]:
     """Lift one applied adaptation inside the block (for tests that show it is needed).
@@ -307,7 +287,7 @@ def without_cpu_adaptation(name: str) -> Iterator[None]:
     The adaptations applied after it are lifted and re-applied too, keeping undo order LIFO.
     """
     if name not in _applied:
-        raise KeyError(f"{name} is not applied; applied: {applied_cpu_adaptations()}")
+        raise KeyError(f"{name} is not applied; applied: {list(_applied)}")
     names = list(_applied)
     later = names[names.index(name) :]
     for lifted in reversed(later):

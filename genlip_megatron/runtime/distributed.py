@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import random
-from typing import Optional
 
 import numpy as np
 import torch
@@ -28,10 +27,10 @@ def init_distributed(
     device: str = "cuda",
     tp: int = 1,
     pp: int = 1,
-    vpp: Optional[int] = None,
+    vpp: int | None = None,
     cp: int = 1,
     seed: int = 1234,
-    local_rank: Optional[int] = None,
+    local_rank: int | None = None,
     timeout_s: float = 1800.0,
 ) -> None:
     """Join the world, build megatron's parallel groups and seed every RNG stream.
@@ -60,7 +59,7 @@ def init_distributed(
 
 
 def reset_model_parallel(
-    tp: int = 1, pp: int = 1, vpp: Optional[int] = None, cp: int = 1, seed: int = 1234
+    tp: int = 1, pp: int = 1, vpp: int | None = None, cp: int = 1, seed: int = 1234
 ) -> None:
     """Replace the model-parallel layout inside a live process group; RNG streams are re-seeded.
 
@@ -100,7 +99,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _initialize_model_parallel(
-    tp: int, pp: int, vpp: Optional[int], cp: int, seed: int, timeout_s: float
+    tp: int, pp: int, vpp: int | None, cp: int, seed: int, timeout_s: float
 ) -> None:
     from megatron.core import parallel_state
 

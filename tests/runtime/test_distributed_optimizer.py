@@ -1,14 +1,22 @@
 """megatron's DistributedOptimizer on CPU: one step equals torch AdamW, and a fully_reshardable
 dist_checkpointing save/load resumes the run exactly (Adam's step counter does not jump)."""
 
-import os
+import contextlib
 
 import pytest
 import torch
-from tiny_gpt import CLIP_GRAD, LR, build_model, build_optimizer, load_reference_weights, parallel_step
-from tiny_gpt import reference_step, tiny_config, wrap_ddp
-
 from multiproc import RankError, run_on_ranks
+from tiny_gpt import (
+    CLIP_GRAD,
+    LR,
+    build_model,
+    build_optimizer,
+    load_reference_weights,
+    parallel_step,
+    reference_step,
+    tiny_config,
+    wrap_ddp,
+)
 
 SHARDING = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -74,13 +82,20 @@ def _save_then_resume(weights, checkpoint_dir, lift_load_adaptation=False):
     perturbed = {name: value + 1.0 for name, value in weights.items()}  # loading must overwrite these
     resumed_model, resumed_optimizer = _model_and_optimizer(perturbed)
     lifted = without_cpu_adaptation("distributed_optimizer_torch_adam_load")
-    with lifted if lift_load_adaptation else open(os.devnull):
-        loaded = dist_checkpointing.load(sharded(resumed_model, resumed_optimizer, is_loading=True), checkpoint_dir)
+    with lifted if lift_load_adaptation else contextlib.nullcontext():
+        loaded = dist_checkpointing.load(
+            sharded(resumed_model, resumed_optimizer, is_loading=True), checkpoint_dir
+        )
         resumed_model.module.load_state_dict(loaded["model"])
         resumed_optimizer.load_state_dict(loaded["optimizer"])
     parallel_step(resumed_model, seed=1)
     resumed_optimizer.step()
-    return _weights(ddp_model), _weights(resumed_model), _adam_steps(optimizer), _adam_steps(resumed_optimizer)
+    return (
+        _weights(ddp_model),
+        _weights(resumed_model),
+        _adam_steps(optimizer),
+        _adam_steps(resumed_optimizer),
+    )
 
 
 @pytest.fixture(scope="module")

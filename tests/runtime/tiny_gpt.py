@@ -17,23 +17,23 @@ VOCAB, SEQ, BATCH, HIDDEN, LAYERS = 64, 8, 2, 32, 2
 def tiny_config(tp: int = 1, pp: int = 1, sequence_parallel: bool = False, **overrides):
     from megatron.core.transformer import TransformerConfig
 
-    settings = dict(
-        num_layers=LAYERS,
-        hidden_size=HIDDEN,
-        num_attention_heads=4,
-        ffn_hidden_size=2 * HIDDEN,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        sequence_parallel=sequence_parallel,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        params_dtype=torch.float32,
-        pipeline_dtype=torch.float32,
-        gradient_accumulation_fusion=False,  # needs apex
-        batch_p2p_comm=False,  # see the notes: batched p2p mis-pairs sends at PP2+VPP
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-    )
+    settings = {
+        "num_layers": LAYERS,
+        "hidden_size": HIDDEN,
+        "num_attention_heads": 4,
+        "ffn_hidden_size": 2 * HIDDEN,
+        "tensor_model_parallel_size": tp,
+        "pipeline_model_parallel_size": pp,
+        "sequence_parallel": sequence_parallel,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "params_dtype": torch.float32,
+        "pipeline_dtype": torch.float32,
+        "gradient_accumulation_fusion": False,  # needs apex
+        "batch_p2p_comm": False,  # see the notes: batched p2p mis-pairs sends at PP2+VPP
+        "bias_dropout_fusion": False,
+        "masked_softmax_fusion": False,
+    }
     settings.update(overrides)
     return TransformerConfig(**settings)
 
