@@ -187,3 +187,32 @@ def tp1_perturbation_effects(attention):
     tokens[0, text_pos] = (tokens[0, text_pos] % (VOCAB - 1)) + 1
     moved_by_text = (logits(tokens, b["image_patches"]) - base).abs().amax(-1) > 1e-6
     return b, first_image_of_sample1, text_pos, moved_by_image, moved_by_text
+
+
+def tp1_bf16_loss():
+    """Mean caption loss of the bf16 model (megatron-core's Float16Module wrapper) and of the fp32
+    reference on the same batch."""
+    from megatron.core.transformer.module import Float16Module
+
+    from genlip_megatron.config.schema import padded_vocab_size
+    from genlip_megatron.convert.mcore_names import hf_to_mcore, shard_for_model
+    from genlip_megatron.model.genlip import GenLIPModel
+    from genlip_megatron.model.transformer_config import genlip_transformer_config
+
+    cfg = tiny_config()
+    cfg.train.precision = "bf16"
+    tc = genlip_transformer_config(cfg)
+    reference = reference_model()
+    model = GenLIPModel(tc, cfg.model, padded_vocab_size(cfg.model, 1))
+    full = hf_to_mcore(reference.state_dict(), num_layers=LAYERS, num_heads=HEADS,
+                       padded_vocab=VOCAB)
+    model.load_state_dict(shard_for_model(full, model, 0, 1), strict=False)
+    model = Float16Module(tc, model).eval()
+    b = micro_batches()[0]
+    with torch.no_grad():
+        per_token = model(b["tokens"], b["image_patches"], b["is_image"], b["position_ids"],
+                          b["segment_ids"], labels=b["labels"])
+        ref_sum, count = reference.loss_packed(b)
+    dtypes = {p.dtype for p in model.parameters()}
+    return (per_token.float() * b["loss_mask"]).sum().item() / count.item(), \
+        (ref_sum / count).item(), dtypes

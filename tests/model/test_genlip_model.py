@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from multiproc import run_on_ranks
-from parallel_parity import tp1_logits, tp1_parameter_counts, tp1_perturbation_effects
+from parallel_parity import (tp1_bf16_loss, tp1_logits, tp1_parameter_counts,
+                             tp1_perturbation_effects)
 
 
 @pytest.mark.parametrize("attention", ["dense", "fused"])
@@ -33,3 +34,9 @@ def test_prefix_lm_mask_semantics_by_perturbation(attention):
     # never an earlier text token, never another sample.
     assert torch.equal(by_text, sample1 & ~img & (positions >= text_pos))
     assert image_pos < text_pos
+
+
+def test_bf16_model_runs_in_bf16_and_tracks_the_fp32_loss():
+    [(bf16_loss, fp32_loss, dtypes)] = run_on_ranks(1, tp1_bf16_loss)
+    assert dtypes == {torch.bfloat16}
+    assert abs(bf16_loss - fp32_loss) / fp32_loss < 2e-2

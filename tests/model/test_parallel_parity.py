@@ -32,16 +32,19 @@ def _merge(results):
     return losses, grads
 
 
-# The dense-mask path on every layout; the fused (varlen) path on a representative subset.
-CASES = [(name, "dense") for name in LAYOUTS] + [
-    (name, "fused") for name in ("tp1", "tp2_sp", "pp2_vpp2")]
+# The dense-mask path on every layout; the fused (varlen) path and activation recompute on a
+# representative subset.
+CASES = [(name, "dense", "none") for name in LAYOUTS] + [
+    (name, "fused", "none") for name in ("tp1", "tp2_sp", "pp2_vpp2")] + [
+    ("tp2_sp", "dense", "full"), ("pp2", "fused", "full"), ("tp2", "dense", "selective")]
 
 
-@pytest.mark.parametrize("name,attention", CASES)
-def test_loss_and_every_gradient_match_single_process_reference(reference, name, attention):
+@pytest.mark.parametrize("name,attention,recompute", CASES)
+def test_loss_and_every_gradient_match_single_process_reference(reference, name, attention,
+                                                                 recompute):
     world, tp, pp, vpp, sp = LAYOUTS[name]
     ref_loss, ref_grads = reference
-    layout = dict(tp=tp, pp=pp, vpp=vpp, sp=sp, attention=attention)
+    layout = dict(tp=tp, pp=pp, vpp=vpp, sp=sp, attention=attention, recompute=recompute)
     results = run_on_ranks(world, parallel_loss_and_grads, layout, tp=tp, pp=pp, vpp=vpp)
     losses, grads = _merge(results)
     assert losses and all(abs(x - ref_loss) <= TOLERANCE for x in losses), (losses, ref_loss)
