@@ -1,0 +1,144 @@
+"""`genlip shards build`: plan units, run this task's slice of them on N worker processes.
+
+Layout of the output folder: `plan.json` (inputs, units, settings, tokenizer; identical for every
+SLURM task of a build), `tokenizer.json` (a copy), and per unit `shard-XXXXXX.{bin,idx,report.json}`.
+A unit whose report and shard verify is skipped, so re-running after a kill (or running the same
+array task twice) finishes the work without duplicating or losing a sample.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+
+from tqdm import tqdm
+
+from data_tools.sources import Unit, plan_units
+from data_tools.unit import BuildSettings, process_unit, write_json_atomic
+from genlip_megatron.data.manifest import TOKENIZER_NAME
+from genlip_megatron.data.tokenizer import Tokenizer, file_sha256
+
+PLAN_NAME = "plan.json"
+
+
+class BuildError(Exception):
+    """A build cannot start or finish; the message is one line naming the file."""
+
+
+def _prepare_output(out_dir: str, plan: dict, tokenizer_path: str) -> None:
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-probe-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise BuildError(f"{out_dir}: cannot write to the output directory ({exc.strerror or exc})") from None
+    plan_path = os.path.join(out_dir, PLAN_NAME)
+    if os.path.exists(plan_path):
+        with open(plan_path, encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous != plan:
+            raise BuildError(
+                f"{plan_path}: this folder holds a build with other inputs, settings or tokenizer; "
+                "use a new output directory"
+            )
+    else:
+        write_json_atomic(plan_path, plan, shared=True)
+    copy = os.path.join(out_dir, TOKENIZER_NAME)
+    if not os.path.exists(copy) or file_sha256(copy) != plan["tokenizer"]["sha256"]:
+        tmp = f"{copy}.{os.getpid()}.{os.urandom(4).hex()}.tmp"  # tasks may copy at the same time
+        shutil.copyfile(tokenizer_path, tmp)
+        os.replace(tmp, copy)
+
+
+def make_plan(inputs: list[str], tokenizer: Tokenizer, settings: BuildSettings, prompt: str) -> dict:
+    units = plan_units(inputs, settings.source)
+    if not units:
+        raise BuildError(f"no input files found in {inputs}")
+    plan = {
+        "units": [asdict(u) for u in units],
+        "settings": settings.to_dict(),
+        "tokenizer": {**tokenizer.identity, "vocab_size": tokenizer.vocab_size,
+                      "end_ids": tokenizer.end_ids, "pad_id": tokenizer.pad_id},
+        "prompt_template": prompt,
+    }
+    return json.loads(json.dumps(plan))  # the JSON form, so it compares equal to a plan read back
+
+
+def task_slice(units: list, task_index: int, num_tasks: int) -> list:
+    """Round-robin slice: neighbouring (similar-sized) units spread over tasks."""
+    if not 0 <= task_index < num_tasks:
+        raise BuildError(f"task index {task_index} is outside 0..{num_tasks - 1}")
+    return units[task_index::num_tasks]
+
+
+def run_build(inputs: list[str], out_dir: str, tokenizer_path: str, settings: BuildSettings,
+              prompt: str, workers: int = 1, task_index: int = 0, num_tasks: int = 1,
+              progress: bool = True) -> dict:
+    """Build this task's units; return {"reports": [...], "failed": [...], "totals": {...}}."""
+    tokenizer_path = os.path.abspath(tokenizer_path)
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    plan = make_plan(inputs, tokenizer, settings, prompt)
+    _prepare_output(out_dir, plan, tokenizer_path)
+    mine = [Unit(**u) for u in task_slice(plan["units"], task_index, num_tasks)]
+    reports, failed = [], []
+    bar = tqdm(total=len(mine), unit="shard", disable=not progress, file=sys.stderr,
+               desc=f"build {out_dir}")
+    samples = 0
+
+    def done(unit: Unit, report: dict | None, error: str | None) -> None:
+        nonlocal samples
+        if error is not None:
+            failed.append(unit.name)
+            tqdm.write(f"error: {unit.name} ({unit.path}): {error}", file=sys.stderr)
+        else:
+            reports.append(report)
+            samples += report["num_samples"]
+            for line in report["errors"]:
+                tqdm.write(f"warning: {line}", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(samples=samples, failed=len(failed))
+
+    if workers <= 1:
+        for unit in mine:
+            try:
+                done(unit, process_unit(unit, out_dir, tokenizer_path, settings), None)
+            except Exception as exc:  # one bad unit must not stop the others
+                done(unit, None, f"{type(exc).__name__}: {exc}")
+    else:
+        # spawn: workers start clean (no inherited tokenizer thread pools or tqdm locks).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(process_unit, u, out_dir, tokenizer_path, settings): u for u in mine}
+            for future in as_completed(futures):
+                try:
+                    done(futures[future], future.result(), None)
+                except Exception as exc:
+                    done(futures[future], None, f"{type(exc).__name__}: {exc}")
+    bar.close()
+    reports.sort(key=lambda r: r["unit"])
+    return {"reports": reports, "failed": sorted(failed), "totals": summarize(reports)}
+
+
+def summarize(reports: list[dict]) -> dict:
+    rejects, repairs = Counter(), Counter()
+    for r in reports:
+        rejects.update(r["rejects"])
+        repairs.update(r["repairs"])
+    return {
+        "units": len(reports),
+        "skipped": sum(bool(r.get("skipped")) for r in reports),
+        "samples": sum(r["num_samples"] for r in reports),
+        "rejected": sum(rejects.values()),
+        "reencoded": sum(r["reencoded"] for r in reports),
+        "bin_bytes": sum(r["bin_bytes"] for r in reports),
+        "rejects": dict(sorted(rejects.items())),
+        "repairs": dict(sorted(repairs.items())),
+    }

@@ -1,0 +1,93 @@
+"""Pick, clean and filter one caption per sample.
+
+Several caption fields may exist (Recap-DataComp: `re_caption`, `org_caption`); `fields` lists them
+and `mix` optionally gives the share of samples that should use each. The pick is a hash of the
+sample key, not a random draw, so a re-run (or a resumed run) chooses exactly the same captions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Optional
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+class CaptionReject(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    fields: tuple[str, ...] = ("txt",)
+    mix: Optional[tuple[float, ...]] = None  # weights per field; None -> first present field wins
+    max_chars: int = 4000
+    max_tokens: int = 512
+    seed: int = 0
+
+
+def parse_json_fields(raw: bytes) -> dict:
+    """Top-level string fields of a WebDataset .json member; malformed JSON yields no fields."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, (str, bytes))}
+
+
+def clean_caption(raw: str | bytes) -> tuple[str, bool]:
+    """Return (cleaned text, repaired): invalid UTF-8 bytes dropped, control characters removed,
+    whitespace runs collapsed to one space, ends stripped."""
+    repaired = False
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raw, repaired = raw.decode("utf-8", errors="ignore"), True
+    if not raw.isprintable():  # fast path: most captions have no control or format characters
+        raw = "".join(ch for ch in raw if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    return _WHITESPACE.sub(" ", raw).strip(), repaired
+
+
+def _field_order(key: str, settings: CaptionSettings) -> list[str]:
+    fields = list(settings.fields)
+    if not settings.mix or len(fields) < 2:
+        return fields
+    digest = hashlib.blake2b(f"{settings.seed}:{key}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "little") / 2**64 * sum(settings.mix)
+    acc = 0.0
+    for i, weight in enumerate(settings.mix):
+        acc += weight
+        if u < acc:
+            return [fields[i]] + fields[:i] + fields[i + 1 :]
+    return fields[-1:] + fields[:-1]
+
+
+def select_caption(key: str, captions: dict, settings: CaptionSettings) -> tuple[str, dict]:
+    """Return (caption, repairs) where repairs counts fixes like {"invalid_utf8": 1}; raise
+    CaptionReject("missing_caption" | "empty_caption" | "caption_too_long")."""
+    repairs: dict = {}
+    order = _field_order(key, settings)
+    present = [f for f in order if isinstance(captions.get(f), (str, bytes))]
+    if not present:
+        raise CaptionReject("missing_caption", f"no field among {list(settings.fields)}")
+    for name in present:
+        text, repaired = clean_caption(captions[name])
+        if not text:
+            continue
+        if repaired:
+            repairs["invalid_utf8"] = 1
+        if name != order[0]:
+            repairs["caption_fallback"] = 1  # the mix's pick was missing or empty
+        if len(text) > settings.max_chars:
+            raise CaptionReject("caption_too_long", f"{len(text)} characters > {settings.max_chars}")
+        return text, repairs
+    raise CaptionReject("empty_caption")

@@ -1,0 +1,137 @@
+"""`genlip shards build | merge | info | verify | show` (docs/shards.md).
+
+This module is the edge: it is the only place that reads SLURM_ARRAY_* variables, translating them
+into `--task-index/--num-tasks` for data_tools.build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from genlip_megatron.config.schema import DataConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = sub.add_parser("build", help="preprocess inputs into shards (resumable; one unit per input)")
+    b.add_argument("inputs", nargs="+", help="tars, parquet files, JSONL files, folders or globs")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--tokenizer", required=True, help="a tokenizers tokenizer.json")
+    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--task-index", type=int, help="this task's slice (default: SLURM_ARRAY_TASK_ID or 0)")
+    b.add_argument("--num-tasks", type=int, help="number of slices (default: SLURM_ARRAY_TASK_COUNT or 1)")
+    b.add_argument("--caption-field", action="append", help="caption field, repeatable (default: txt)")
+    b.add_argument("--caption-mix", help="comma-separated weights, one per --caption-field")
+    b.add_argument("--image-field", default="image", help="parquet column / JSONL key of the image")
+    b.add_argument("--key-field", default="key", help="parquet column / JSONL key of the sample id")
+    b.add_argument("--image-root", help="JSONL: folder image paths are relative to")
+    b.add_argument("--jsonl-lines-per-shard", type=int, default=10000)
+    b.add_argument("--max-side", type=int, help="resize images whose longer side exceeds this")
+    b.add_argument("--min-side", type=int, default=1, help="reject images smaller than this")
+    b.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
+    b.add_argument("--jpeg-quality", type=int, default=95)
+    b.add_argument("--reencode", choices=["auto", "always"], default="auto")
+    b.add_argument("--max-caption-chars", type=int, default=4000)
+    b.add_argument("--max-caption-tokens", type=int, default=512)
+    b.add_argument("--seed", type=int, default=0, help="seed of the caption-field mix")
+    b.add_argument("--prompt", default=DataConfig().prompt, help="prompt template to record")
+    b.add_argument("--no-merge", action="store_true", help="skip the merge even for a single task")
+    b.add_argument("--no-progress", action="store_true")
+    m = sub.add_parser("merge", help="check all units and write manifest.json")
+    m.add_argument("out")
+    m.add_argument("--verify", action="store_true", help="also re-hash every shard")
+    i = sub.add_parser("info", help="counts, sizes, caption lengths, reject reasons")
+    i.add_argument("manifest")
+    i.add_argument("--json", action="store_true")
+    v = sub.add_parser("verify", help="re-hash every shard against its index and the manifest")
+    v.add_argument("manifest")
+    s = sub.add_parser("show", help="write sample N's image and caption")
+    s.add_argument("manifest")
+    s.add_argument("index", type=int)
+    s.add_argument("--out", default=".")
+
+
+def _slice(args) -> tuple[int, int]:
+    task = args.task_index
+    count = args.num_tasks
+    if task is None:
+        task = int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    if count is None:
+        count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+    return task, count
+
+
+def _build(args) -> int:
+    from data_tools.build import run_build
+    from data_tools.captions import CaptionSettings
+    from data_tools.merge import merge
+    from data_tools.sources import SourceSettings
+    from data_tools.unit import BuildSettings
+    from genlip_megatron.data.image_codec import ImageSettings
+
+    fields = tuple(args.caption_field or ["txt"])
+    mix = tuple(float(x) for x in args.caption_mix.split(",")) if args.caption_mix else None
+    if mix is not None and len(mix) != len(fields):
+        print(f"error: --caption-mix has {len(mix)} weights for {len(fields)} fields", file=sys.stderr)
+        return 2
+    settings = BuildSettings(
+        source=SourceSettings(args.image_field, args.key_field, args.image_root,
+                              jsonl_lines_per_unit=args.jsonl_lines_per_shard),
+        caption=CaptionSettings(fields, mix, args.max_caption_chars, args.max_caption_tokens, args.seed),
+        image=ImageSettings(args.max_side, args.min_side, args.max_pixels, args.jpeg_quality, args.reencode),
+    )
+    task, count = _slice(args)
+    result = run_build(args.inputs, args.out, args.tokenizer, settings, args.prompt, args.workers,
+                       task, count, progress=not args.no_progress)
+    t = result["totals"]
+    print(f"built {t['units'] - t['skipped']} units ({t['skipped']} already done): {t['samples']:,} samples, "
+          f"{t['rejected']:,} rejected, {t['reencoded']:,} re-encoded, {t['bin_bytes'] / 1e6:,.1f} MB")
+    for reason, n in t["rejects"].items():
+        print(f"  rejected {reason:<24} {n:>10,}")
+    for reason, n in t["repairs"].items():
+        print(f"  repaired {reason:<24} {n:>10,}")
+    if result["failed"]:
+        print(f"error: {len(result['failed'])} units failed ({', '.join(result['failed'][:5])}); "
+              "re-run the same command to retry them", file=sys.stderr)
+        return 1
+    if count == 1 and not args.no_merge:
+        manifest = merge(args.out)
+        print(f"wrote {os.path.join(args.out, 'manifest.json')}: {manifest.num_samples:,} samples "
+              f"in {len(manifest.shards)} shards")
+    return 0
+
+
+def run(args) -> int:
+    from data_tools.build import BuildError
+    from genlip_megatron.data.shards import ShardError
+
+    try:
+        if args.action == "build":
+            return _build(args)
+        if args.action == "merge":
+            from data_tools.merge import merge
+
+            manifest = merge(args.out, full_verify=args.verify)
+            print(f"wrote manifest: {manifest.num_samples:,} samples in {len(manifest.shards)} shards")
+            return 0
+        from data_tools import inspect_dataset
+
+        if args.action == "info":
+            info = inspect_dataset.dataset_info(args.manifest)
+            print(json.dumps(info, indent=1) if args.json else inspect_dataset.format_info(info))
+            return 0
+        if args.action == "verify":
+            problems = inspect_dataset.verify_dataset(args.manifest)
+            for line in problems:
+                print(f"error: {line}", file=sys.stderr)
+            print("ok" if not problems else f"{len(problems)} shards failed verification")
+            return 1 if problems else 0
+        image, text = inspect_dataset.show_sample(args.manifest, args.index, args.out)
+        print(f"wrote {image} and {text}")
+        return 0
+    except (BuildError, ShardError, ValueError, IndexError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,101 @@
+"""Caption tokenizer: any Hugging Face `tokenizers` tokenizer.json, identified by its file's SHA-256.
+
+The paper uses Qwen3's tokenizer (151,643 tokens + added specials, vocabulary padded to 151,936 by
+the model config). For the embedded demo, `train_bpe` fits a small byte-level BPE on the captions
+offline. Shards record the identity (name + sha256) so a dataset never mixes tokenizers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterable, Sequence
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+END_OF_TEXT = "<|endoftext|>"
+# Tokens that close a caption turn, in order of preference: Qwen chat models end a turn with
+# <|im_end|>; plain byte-level BPEs (GPT-2 style, our demo) with <|endoftext|>.
+END_TOKEN_CANDIDATES = ("<|im_end|>", END_OF_TEXT, "</s>", "<eos>", "[SEP]")
+PAD_TOKEN_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", END_OF_TEXT, "</s>")
+DEMO_SPECIAL_TOKENS = [END_OF_TEXT, "<|pad|>"]
+
+
+def file_sha256(path: str) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+class Tokenizer:
+    """Thin wrapper: encode WITHOUT special tokens (prompt and end tokens are the loader's job)."""
+
+    def __init__(self, backend: HFTokenizer, name: str, sha256: str, path: str | None = None,
+                 end_tokens: Sequence[str] | None = None):
+        self._backend = backend
+        self.path = path
+        self.name = name
+        self.sha256 = sha256
+        vocab = backend.get_vocab(with_added_tokens=True)
+        if end_tokens is None:
+            found = [t for t in END_TOKEN_CANDIDATES if t in vocab][:1]
+            if not found:
+                raise ValueError(f"{path or name}: no end-of-text token among {END_TOKEN_CANDIDATES}")
+            end_tokens = found
+        missing = [t for t in end_tokens if t not in vocab]
+        if missing:
+            raise ValueError(f"{path or name}: end tokens {missing} are not in the vocabulary")
+        self.end_ids = [vocab[t] for t in end_tokens]
+        self.pad_id = next((vocab[t] for t in PAD_TOKEN_CANDIDATES if t in vocab), self.end_ids[0])
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_file(cls, path: str, name: str | None = None,
+                  end_tokens: Sequence[str] | None = None) -> "Tokenizer":
+        try:
+            backend = HFTokenizer.from_file(path)
+        except Exception as exc:  # the Rust side raises a plain Exception on bad JSON
+            raise ValueError(f"{path}: not a tokenizers tokenizer.json ({exc})") from None
+        if name is None:
+            # tokenizer.json files are usually named after their folder (".../Qwen3-0.6B/tokenizer.json").
+            stem = os.path.splitext(os.path.basename(path))[0]
+            name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "tokenizer" else stem
+        return cls(backend, name, file_sha256(path), path=path, end_tokens=end_tokens)
+
+    @property
+    def identity(self) -> dict:
+        return {"name": self.name, "sha256": self.sha256}
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._backend.decode(list(ids), skip_special_tokens=False)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._backend.token_to_id(token)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str, min_frequency: int = 2) -> None:
+    """Fit a byte-level BPE (GPT-2 style) with <|endoftext|> and <|pad|>; write tokenizer.json.
+
+    Byte-level means every string is encodable (no unknown token), and the result is deterministic
+    for the same texts and settings, so the demo's tokenizer hash is reproducible.
+    """
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=DEMO_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tmp = out_path + ".tmp"
+    backend.save(tmp)
+    os.replace(tmp, out_path)
