@@ -82,26 +82,40 @@ def mcore_to_hf(mc: dict, *, num_layers: int, num_heads: int, vocab_size: int,
                 patch_size: int, num_channels: int = 3, layer_spec: str = "local") -> dict:
     """Full megatron-core state dict -> HF GenLIP state dict (vocab padding removed)."""
     out = {}
+    for group in iter_mcore_to_hf(mc, num_layers=num_layers, num_heads=num_heads, vocab_size=vocab_size,
+                                  patch_size=patch_size, num_channels=num_channels, layer_spec=layer_spec):
+        out.update(group)
+    return out
+
+
+def iter_mcore_to_hf(mc, *, num_layers: int, num_heads: int, vocab_size: int,
+                     patch_size: int, num_channels: int = 3, layer_spec: str = "local"):
+    """`mcore_to_hf` as small dicts, each built from ONE megatron-core tensor.
+
+    NOTE: `mc` may be a lazy Mapping that reads a tensor from disk on every access (conversion of
+    big checkpoints): each source is then read once and only it and its outputs are alive at a time.
+    """
     w = mc["embedding.patch_embedding.weight"]
-    out["vision_embeddings.patch_embedding.weight"] = w.reshape(
-        w.shape[0], num_channels, patch_size, patch_size)
+    yield {"vision_embeddings.patch_embedding.weight": w.reshape(
+        w.shape[0], num_channels, patch_size, patch_size)}
+    del w  # a generator keeps its locals alive: drop each source once its group is consumed
     for src, dst in _GLOBAL.items():
         if dst in mc:
-            out[src] = mc[dst][:vocab_size] if src in _VOCAB_ROWS else mc[dst]
+            yield {src: mc[dst][:vocab_size] if src in _VOCAB_ROWS else mc[dst]}
     names = _layer_names(layer_spec)
     for i in range(num_layers):
         hf, m = f"visual.layers.{i}.", f"decoder.layers.{i}."
         for a, b in names.items():
-            out[hf + a] = mc[m + b]
+            yield {hf + a: mc[m + b]}
         for kind in ("weight", "bias"):
             qkv = mc[f"{m}self_attention.linear_qkv.{kind}"]
             q, gate, k, v = qkv.reshape(num_heads, 4, -1, *qkv.shape[1:]).unbind(1)
             flat = [t.reshape(-1, *qkv.shape[1:]) for t in (q, gate, k, v)]
-            out[f"{hf}self_attn.q_proj.{kind}"] = torch.cat(flat[:2])
-            out[f"{hf}self_attn.k_proj.{kind}"], out[f"{hf}self_attn.v_proj.{kind}"] = flat[2:]
-            out[f"{hf}mlp.gate_fc.{kind}"], out[f"{hf}mlp.fc1.{kind}"] = mc[
-                f"{m}mlp.linear_fc1.{kind}"].chunk(2)
-    return out
+            yield {f"{hf}self_attn.q_proj.{kind}": torch.cat(flat[:2]),
+                   f"{hf}self_attn.k_proj.{kind}": flat[2], f"{hf}self_attn.v_proj.{kind}": flat[3]}
+            del qkv, q, gate, k, v, flat
+            gate_fc, fc1 = mc[f"{m}mlp.linear_fc1.{kind}"].chunk(2)
+            yield {f"{hf}mlp.gate_fc.{kind}": gate_fc, f"{hf}mlp.fc1.{kind}": fc1}
 
 
 _LAYER_KEY = re.compile(r"^(.*decoder\.layers\.)(\d+)(\..*)$")

@@ -1,0 +1,20 @@
+"""A megatron-core training checkpoint -> FULL megatron-core state dict, in one process, no process group.
+
+The entry point eval/loading.py looks for (`_MCORE_GATHER`): it replaces the single-process model
+rebuild of eval/megatron_checkpoint.py with a direct read of the stored global tensors
+(checkpoint_reader.py), which works for any saving layout and for TE-spec checkpoints on CPU.
+Holds the whole model in memory; `genlip convert to-hf` is the streaming path.
+"""
+
+from __future__ import annotations
+
+from genlip_megatron.convert.checkpoint_reader import CheckpointReader
+from genlip_megatron.convert.to_hf import check_matches, run_config
+
+
+def load_full_mcore_state_dict(path: str):
+    """Run directory or checkpoint folder -> ({global mcore name: tensor (as stored)}, the run's Config)."""
+    reader = CheckpointReader(path)
+    cfg = run_config(reader)
+    check_matches(reader, cfg)
+    return {name: reader.load(name) for name in reader}, cfg

@@ -1,0 +1,172 @@
+"""Hugging Face GenLIP folder (official weights or our export) -> megatron-core training checkpoint.
+
+The result loads into the trainer under the requested layout with
+`checkpoint.load=OUT checkpoint.finetune=true` (weights only: optimizer, schedule and data start fresh),
+e.g. stage 2 starting from stage 1.
+
+How: dist_checkpointing stores every tensor under its GLOBAL name and shape, and reshards on load, so
+the files do not depend on the layout that wrote them, with one exception: the vocabulary rows are
+padded to a multiple of make_vocab_size_divisible_by x TP. So one CPU process (a world of one, TP1
+PP1) builds the megatron-core model with the vocabulary padded for the TARGET TP, loads the mapped
+weights (convert.mcore_names) and saves its own sharded_state_dict the way training/checkpoint.py does
+(format_version, iteration 0, layout, config). --tp/--pp also validate that the model splits.
+
+Only the local layer spec is written (the TE spec fuses the pre-norms into the linears: another name
+set, and TE does not build on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+
+import torch
+from safetensors import safe_open
+
+from genlip_megatron.config.load import config_to_dict, load_config, save_config
+from genlip_megatron.config.schema import Config, padded_vocab_size
+from genlip_megatron.convert.checkpoint_reader import ConversionError
+from genlip_megatron.convert.mcore_names import hf_to_mcore
+from genlip_megatron.hf.configuration_genlip import GenLIPConfig
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def read_hf_config(folder: str) -> GenLIPConfig:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    if raw.get("model_type") != "genlip":
+        raise ConversionError(f"{folder}: model_type {raw.get('model_type')!r}, expected 'genlip'")
+    try:
+        return GenLIPConfig.from_dict(raw)
+    except ValueError as exc:
+        raise ConversionError(f"{folder}: {exc}") from None
+
+
+def weight_files(folder: str) -> list[str]:
+    """The safetensors files (index or single file). Pickled weights are refused: loading them runs code."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        pickled = [n for n in os.listdir(folder) if n.endswith(PICKLE_SUFFIXES)]
+        raise ConversionError(f"{folder}: no safetensors weights" + (
+            f" (found pickled {pickled}: convert them to safetensors first)" if pickled else ""))
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise ConversionError(f"{folder}: missing weight shards {missing}")
+    return files
+
+
+def read_hf_weights(folder: str, config: GenLIPConfig) -> dict[str, torch.Tensor]:
+    """All tensors, checked against the names and shapes `config` implies (one-line refusal)."""
+    from genlip_megatron.hf.modeling_genlip import GenLIPModel
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GenLIPModel(config).state_dict().items()}
+    tensors = {}
+    for name in weight_files(folder):
+        with safe_open(os.path.join(folder, name), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    unknown = sorted(set(tensors) - set(expected))
+    missing = sorted(set(expected) - set(tensors))
+    if unknown or missing:
+        raise ConversionError(f"{folder}: tensors do not match config.json: missing {missing[:3]}, "
+                              f"unexpected {unknown[:3]} (a checkpoint of another model?)")
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ConversionError(f"{folder}: {key} has shape {tuple(tensors[key].shape)}, config.json implies {shape}")
+        if tensors[key].dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ConversionError(f"{folder}: {key} has unsupported dtype {tensors[key].dtype}")
+    return tensors
+
+
+def run_config_from_hf(config: GenLIPConfig, base: str | None, tp: int, pp: int, vpp: int | None) -> Config:
+    """The run config: `base` (preset or YAML; default the schema defaults) with the model section
+    taken from config.json and the parallel layout from the arguments."""
+    cfg = load_config(base) if base else Config()
+    m = dataclasses.replace(
+        cfg.model, objective="genlip", hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, ffn_hidden_size=config.intermediate_size,
+        patch_size=config.patch_size, num_channels=config.num_channels,
+        text_embed_dim=None if config.text_embed_dim == config.hidden_size else config.text_embed_dim,
+        vocab_size=config.vocab_size, layer_norm_eps=config.layer_norm_eps,
+        layer_scale_init=config.ls_init_value, drop_path_rate=config.drop_path_rate,
+        rope_theta=float(config.rope_theta), mrope_section=list(config.mrope_section),
+        init_method_std=config.initializer_range, layer_spec="local")
+    p = dataclasses.replace(cfg.parallel, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                            virtual_pipeline_model_parallel_size=vpp)
+    if m.num_attention_heads % tp or m.ffn_hidden_size % tp:
+        raise ConversionError(f"--tp {tp} does not divide {m.num_attention_heads} heads / ffn {m.ffn_hidden_size}")
+    if m.num_layers % (pp * (vpp or 1)):
+        raise ConversionError(f"{m.num_layers} layers do not split into --pp {pp} x --vpp {vpp or 1} stages")
+    return dataclasses.replace(cfg, model=m, parallel=p)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source: str) -> None:
+    """World of one: build the whole model at TP1 PP1, load `full`, save like training does."""
+    from megatron.core import dist_checkpointing
+
+    from genlip_megatron.convert.mcore_names import shard_for_model
+    from genlip_megatron.model.genlip import GenLIPModel
+    from genlip_megatron.model.transformer_config import genlip_transformer_config
+    from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
+    from genlip_megatron.training.checkpoint import FORMAT_VERSION, SHARDING_METADATA, parallel_layout
+
+    single = dataclasses.replace(
+        cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+                                          virtual_pipeline_model_parallel_size=None, sequence_parallel=False),
+        train=dataclasses.replace(cfg.train, device="cpu", precision="fp32"),
+        model=dataclasses.replace(cfg.model, recompute="none"))
+    init_distributed(0, 1, "127.0.0.1", _free_port(), device="cpu", seed=cfg.train.seed)
+    try:
+        model = GenLIPModel(genlip_transformer_config(single), single.model, padded)
+        state = {k: v.float() for k, v in shard_for_model(full, model, 0, 1).items()}
+        result = model.load_state_dict(state, strict=False)
+        left = [k for k in result.missing_keys + result.unexpected_keys if not k.endswith("_extra_state")]
+        if left:
+            raise ConversionError(f"mapped weights do not fit the megatron-core model: {left[:3]}")
+        os.makedirs(out, exist_ok=True)
+        sharded = {"model": model.sharded_state_dict(metadata=SHARDING_METADATA),
+                   "format_version": FORMAT_VERSION, "iteration": 0, "counters": {},
+                   "layout": parallel_layout(), "config": config_to_dict(cfg),
+                   "imported_from": {"hf_folder": os.path.abspath(source),
+                                     "target_layout": {"tp": cfg.parallel.tensor_model_parallel_size,
+                                                       "pp": cfg.parallel.pipeline_model_parallel_size,
+                                                       "vpp": cfg.parallel.virtual_pipeline_model_parallel_size}}}
+        dist_checkpointing.save(sharded, out)
+    finally:
+        destroy_distributed()
+    save_config(cfg, os.path.join(out, "config.yaml"))
+
+
+def import_from_hf(folder: str, out: str, *, tp: int = 1, pp: int = 1, vpp: int | None = None,
+                   base_config: str | None = None) -> dict:
+    """Convert the HF folder into the checkpoint folder `out` (must not hold a checkpoint yet)."""
+    config = read_hf_config(folder)
+    tensors = read_hf_weights(folder, config)
+    cfg = run_config_from_hf(config, base_config, tp, pp, vpp)
+    if os.path.exists(os.path.join(out, "metadata.json")):
+        raise ConversionError(f"{out} already holds a checkpoint; choose an empty folder")
+    padded = padded_vocab_size(cfg.model, tp)
+    full = hf_to_mcore(tensors, num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
+                       padded_vocab=padded, layer_spec="local")
+    del tensors
+    _save_single_process(full, cfg, padded, out, folder)
+    return {"checkpoint": out, "tp": tp, "pp": pp, "vpp": vpp, "padded_vocab": padded,
+            "tensors": len(full), "resume_with": f"checkpoint.load={out} checkpoint.finetune=true"}

@@ -1,0 +1,157 @@
+"""megatron-core distributed checkpoint (any TP/PP/VPP layout, fp32/bf16) -> Hugging Face GenLIP folder.
+
+Streams: the checkpoint is read one megatron-core tensor at a time (checkpoint_reader.py), mapped with
+`convert.mcore_names.iter_mcore_to_hf` (the same table the parity tests use) and written straight into
+safetensors shards (safetensors_stream.py). Peak memory ~ 2 x the largest tensor + the interpreter,
+whatever the model size. No process group, no GPU, no megatron-core import.
+
+The folder (hf_folder.py adds everything but the weights):
+    config.json (model_type "genlip", auto_map), model.safetensors or model-*-of-*.safetensors + index,
+    configuration_genlip.py / modeling_genlip.py / ... (trust_remote_code), tokenizer files,
+    preprocessor_config.json, README.md (model card).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import torch
+import yaml
+
+from genlip_megatron.config.load import ConfigError, load_config
+from genlip_megatron.config.schema import padded_vocab_size
+from genlip_megatron.convert.checkpoint_reader import CheckpointReader, ConversionError
+from genlip_megatron.convert.mcore_names import iter_mcore_to_hf
+from genlip_megatron.convert.safetensors_stream import ShardedSafetensorsWriter
+from genlip_megatron.hf.configuration_genlip import GenLIPConfig
+
+CONFIG_NAME = "config.yaml"  # written into every checkpoint folder by training/checkpoint.py
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_config(reader: CheckpointReader):
+    """The training Config saved with the checkpoint (config.yaml, else the `config` common key)."""
+    path = os.path.join(reader.folder, CONFIG_NAME)
+    try:
+        if os.path.isfile(path):
+            return load_config(path)
+        saved = reader.common.get("config")
+        if not isinstance(saved, dict):
+            raise ConversionError(f"{reader.folder}: no {CONFIG_NAME} and no `config` in common.pt")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(saved, f)
+        try:
+            return load_config(f.name)
+        finally:
+            os.unlink(f.name)
+    except ConfigError as exc:
+        raise ConversionError(f"{reader.folder}: its config does not load: {str(exc).splitlines()[0]}") from None
+
+
+def hf_config(cfg) -> GenLIPConfig:
+    """The HF config of the GenLIP that the run's model section describes (official keys)."""
+    m = cfg.model
+    if m.objective != "genlip":
+        raise ConversionError(f"checkpoint of objective {m.objective!r}: only GenLIP exports to the genlip layout")
+    config = GenLIPConfig(
+        hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size, num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_attention_heads, patch_size=m.patch_size, num_channels=m.num_channels,
+        text_embed_dim=m.text_embed_dim, vocab_size=m.vocab_size, layer_norm_eps=m.layer_norm_eps,
+        ls_init_value=m.layer_scale_init, drop_path_rate=m.drop_path_rate, rope_theta=m.rope_theta,
+        mrope_section=list(m.mrope_section), initializer_range=m.init_method_std)
+    config.architectures = ["GenLIPModel"]
+    config.auto_map = {"AutoConfig": "configuration_genlip.GenLIPConfig",
+                       "AutoModel": "modeling_genlip.GenLIPModel"}
+    return config
+
+
+def _expected_shapes(cfg, padded_vocab: int) -> dict[str, tuple]:
+    """Global megatron-core shapes the config implies (per-layer names): to refuse a checkpoint of
+    another model, or one whose config does not match its tensors."""
+    m = cfg.model
+    w, f, text = m.hidden_size, m.ffn_hidden_size, m.text_embed_dim or m.hidden_size
+    shapes = {"embedding.patch_embedding.weight": (w, m.num_channels * m.patch_size ** 2),
+              "embedding.word_embeddings.weight": (padded_vocab, text),
+              "output_layer.weight": (padded_vocab, text), "decoder.final_layernorm.weight": (w,)}
+    for i in range(m.num_layers):
+        p = f"decoder.layers.{i}."
+        shapes[p + "self_attention.linear_qkv.weight"] = (4 * w, w)
+        shapes[p + "self_attention.linear_proj.weight"] = (w, w)
+        shapes[p + "mlp.linear_fc1.weight"] = (2 * f, w)
+        shapes[p + "mlp.linear_fc2.weight"] = (w, f)
+    return shapes
+
+
+def check_matches(reader: CheckpointReader, cfg) -> None:
+    """Refuse (one line) when the tensors are not those of the model the config describes."""
+    if "embedding.patch_embedding.weight" not in reader and "decoder.final_layernorm.weight" not in reader:
+        raise ConversionError(f"{reader.folder}: not a GenLIP checkpoint (no patch embedding, no ln_post)")
+    tp = int(reader.common.get("layout", {}).get("tp", cfg.parallel.tensor_model_parallel_size))
+    padded = padded_vocab_size(cfg.model, tp)
+    stored_layers = {n.split(".")[2] for n in reader if n.startswith("decoder.layers.")}
+    if len(stored_layers) != cfg.model.num_layers:
+        raise ConversionError(f"{reader.folder}: {len(stored_layers)} layers stored, config says "
+                              f"{cfg.model.num_layers}")
+    for name, shape in _expected_shapes(cfg, padded).items():
+        if name not in reader:
+            raise ConversionError(f"{reader.folder}: tensor {name} missing (not a GenLIP checkpoint of this config, "
+                                  f"or layer_spec {cfg.model.layer_spec!r} is wrong)")
+        if name.endswith("word_embeddings.weight") or name.startswith("output_layer"):
+            shape = (reader.shape(name)[0],) + shape[1:]  # padding depends on the saving TP
+            if reader.shape(name)[0] < cfg.model.vocab_size:
+                raise ConversionError(f"{name}: {reader.shape(name)[0]} rows < vocab_size {cfg.model.vocab_size}")
+        if tuple(reader.shape(name)) != shape:
+            raise ConversionError(f"{name}: stored shape {tuple(reader.shape(name))} != {shape} from the config")
+
+
+def hf_tensors(mc, cfg):
+    """Generator of small {HF name: tensor} groups from a (lazy) megatron-core mapping."""
+    m = cfg.model
+    return iter_mcore_to_hf(mc, num_layers=m.num_layers, num_heads=m.num_attention_heads,
+                            vocab_size=m.vocab_size, patch_size=m.patch_size,
+                            num_channels=m.num_channels, layer_spec=m.layer_spec)
+
+
+def write_weights(reader: CheckpointReader, cfg, folder: str, dtype: torch.dtype | None,
+                  max_shard_bytes: int) -> dict:
+    """Stream the weights into safetensors shards. Returns {"files", "tensors", "bytes", "dtype"}."""
+    # Planning pass on meta tensors: every output name, shape and dtype, in arrival order, for free.
+    plan = [(name, tuple(t.shape), dtype or t.dtype)
+            for group in hf_tensors(reader.meta(), cfg) for name, t in group.items()]
+    writer = ShardedSafetensorsWriter(folder, plan, max_shard_bytes)
+    for group in hf_tensors(reader, cfg):
+        for name, tensor in group.items():
+            writer.write(name, tensor if dtype is None else tensor.to(dtype))
+        del group, tensor
+    writer.close()
+    return {"files": writer.files, "tensors": len(plan), "dtype": str(plan[0][2]).replace("torch.", ""),
+            "bytes": sum(math.prod(s) * d.itemsize for _, s, d in plan),
+            "parameters": sum(math.prod(s) for _, s, _ in plan)}
+
+
+def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
+                 max_shard_bytes: int = 2 * 1024 ** 3, tokenizer: str | None = None,
+                 eval_json: list[str] = ()) -> dict:
+    """Convert `checkpoint` (run dir or iter folder) into the HF folder `out`; returns a summary."""
+    from genlip_megatron.convert import hf_folder
+
+    reader = CheckpointReader(checkpoint)
+    if reader.common.get("format_version") is None:
+        raise ConversionError(f"{reader.folder}: common.pt has no format_version (not a genlip-megatron checkpoint)")
+    cfg = run_config(reader)
+    check_matches(reader, cfg)
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    os.makedirs(out, exist_ok=True)
+    config = hf_config(cfg)
+    weights = write_weights(reader, cfg, out, DTYPES.get(dtype), max_shard_bytes)
+    config.dtype = weights["dtype"]
+    config.to_json_file(os.path.join(out, "config.json"))
+    hf_folder.copy_modeling_code(out)
+    tokenizer_file = hf_folder.write_tokenizer(out, tokenizer or hf_folder.run_tokenizer(cfg))
+    hf_folder.write_image_processor(out, cfg)
+    card = hf_folder.write_model_card(out, reader, cfg, config, weights, eval_json)
+    return {"folder": out, "checkpoint": reader.folder, "iteration": reader.common.get("iteration"),
+            "tokenizer": tokenizer_file, "model_card": card, **weights}

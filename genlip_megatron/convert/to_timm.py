@@ -1,0 +1,77 @@
+"""GenLIP image trunk -> timm NaFlexVit (timm >= 1.0.31): a safetensors state dict and its model kwargs.
+
+Source: an HF GenLIP folder (official weights or our export) or a megatron-core checkpoint (read with
+checkpoint_reader, mapped to HF names first). The text side (embeddings, in_proj, proj, lm_head) is
+dropped; the renames and fusions are `convert.timm_names`. Output folder:
+    model.safetensors     timm names (blocks.N.attn.qkv, attn.gate, mlp.fc1 [gate ; value], ...)
+    timm_config.json      {"model_cls": "timm.models.naflexvit.NaFlexVit", "cfg": NaFlexVitCfg kwargs}
+Use:  NaFlexVit(NaFlexVitCfg(**cfg), num_classes=0).load_state_dict(load_file(...))
+
+NOTE: the trunk is held in memory (timm's fused qkv needs three HF tensors of a layer at once); only
+`to-hf` streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from genlip_megatron.convert.checkpoint_reader import ConversionError
+from genlip_megatron.convert.timm_names import TEXT_ONLY_PREFIXES, naflexvit_kwargs, to_timm_state_dict
+
+TIMM_CONFIG = "timm_config.json"
+
+
+def _trunk_from_hf_folder(folder: str):
+    from genlip_megatron.convert.from_hf import read_hf_config, weight_files
+
+    config = read_hf_config(folder)
+    tensors = {}
+    for name in weight_files(folder):
+        with safe_open(os.path.join(folder, name), framework="pt") as f:
+            for key in f.keys():
+                if not key.startswith(TEXT_ONLY_PREFIXES):
+                    tensors[key] = f.get_tensor(key)
+    return config, tensors
+
+
+def _trunk_from_checkpoint(path: str):
+    from genlip_megatron.convert.checkpoint_reader import CheckpointReader
+    from genlip_megatron.convert.to_hf import check_matches, hf_config, hf_tensors, run_config
+
+    reader = CheckpointReader(path)
+    cfg = run_config(reader)
+    check_matches(reader, cfg)
+    tensors = {}
+    for group in hf_tensors(reader, cfg):
+        tensors.update({k: v.clone() for k, v in group.items() if not k.startswith(TEXT_ONLY_PREFIXES)})
+    return hf_config(cfg), tensors
+
+
+def export_to_timm(source: str, out: str, *, embed_proj_type: str = "conv", dtype: str | None = None) -> dict:
+    """Write the trunk of `source` (HF folder or megatron checkpoint) as a timm NaFlexVit into `out`."""
+    if os.path.isfile(os.path.join(source, "config.json")):
+        config, tensors = _trunk_from_hf_folder(source)
+    else:
+        config, tensors = _trunk_from_checkpoint(source)
+    try:
+        state = to_timm_state_dict(tensors, config.hidden_size, embed_proj_type=embed_proj_type)
+    except KeyError as exc:
+        raise ConversionError(f"{source}: {exc.args[0]}") from None
+    if dtype is not None:
+        target = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+        if target is None:
+            raise ConversionError(f"unknown dtype {dtype!r}; choose from fp32, bf16, fp16")
+        state = {k: v.to(target) for k, v in state.items()}
+    kwargs = naflexvit_kwargs(config) | {"embed_proj_type": embed_proj_type}
+    os.makedirs(out, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
+              metadata={"format": "pt"})
+    with open(os.path.join(out, TIMM_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({"model_cls": "timm.models.naflexvit.NaFlexVit", "min_timm_version": "1.0.31",
+                   "cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}, f, indent=2)
+    return {"folder": out, "tensors": len(state), "cfg": kwargs}
