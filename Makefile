@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.setup-done
 APT_PKGS := dataset-fashion-mnist
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup slurm test test-fast demo bench lint clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: setup
+# A one-node SLURM cluster on this host for the launch tests (root only; elsewhere they skip).
+slurm:
+	@if [ "$$(id -u)" = 0 ]; then bash launch/slurm_local_cluster.sh; \
+	else echo "not root: skipping the local SLURM cluster (tests/launch/test_slurm.py will skip)"; fi
+
+test: setup slurm
 	$(BIN)/python -m pytest -q tests
 
 test-fast: setup

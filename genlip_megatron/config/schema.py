@@ -41,6 +41,10 @@ class ModelConfig:
     decoder_num_attention_heads: int = 8
     decoder_ffn_hidden_size: int = 2816
     pixel_loss_weight: float = 0.4
+    text_loss_weight: float = 1.0
+    decoder_mrope_section: list[int] = field(default_factory=lambda: [16, 24, 24])  # sums to decoder head_dim/2
+    aimv2_position_embedding: str = "learned"  # "learned" (table of (image_size/patch)^2) | "sincos" (native)
+    aimv2_image_size: int = 224  # side of the learned position table, in pixels
 
 
 @dataclass
@@ -105,6 +109,7 @@ class TrainConfig:
     eval_iters: int = 10
     max_consecutive_nan_steps: int = 5
     step_timeout_s: float = 1800.0  # watchdog: abort with a stack dump when a step exceeds this
+    synthetic_data: bool = False  # deterministic random batches instead of data.manifest (tests, benchmarks)
 
 
 @dataclass
@@ -127,6 +132,31 @@ class LoggingConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """SLURM submission by `genlip submit` (docs/launch.md); `genlip train` itself ignores it."""
+
+    nodes: int = 1
+    gpus_per_node: int = 8  # ranks per node; with train.device=cpu they are CPU processes, no GPU asked
+    cpus_per_rank: int = 8  # CPU cores per rank (loader threads, DALI workers)
+    time: str = "04:00:00"  # --time: minutes, H:MM:SS or D-HH:MM:SS
+    partition: str = ""  # "" -> the cluster's default
+    account: str = ""
+    qos: str = ""
+    job_name: str = "genlip"
+    log_dir: str = ""  # "" -> <checkpoint.dir>/slurm; batch log, per-rank logs, rendered scripts
+    launcher: str = "torchrun"  # "torchrun": one torchrun per node | "srun": one srun task per rank
+    container_image: str = ""  # pyxis/enroot image (srun --container-image); exclusive with venv
+    container_mounts: list[str] = field(default_factory=list)  # "src:dst"; run folders are added
+    venv: str = ""  # virtual environment activated on every node; exclusive with container_image
+    setup: str = ""  # site shell line run before launching, e.g. "module load cuda/12.8"
+    signal_lead_s: int = 300  # USR1 this many seconds before the time limit: checkpoint, requeue
+    max_requeues: int = 50  # stop requeueing after this many restarts (a crash loop is not progress)
+    master_port: int = 0  # rendezvous port; 0 -> 20000 + job id mod 20000 (jobs sharing a node differ)
+    env: list[str] = field(default_factory=list)  # "KEY=VALUE" site overrides of the NCCL/network defaults
+    sbatch_args: list[str] = field(default_factory=list)  # extra #SBATCH options, e.g. "--exclusive"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -136,6 +166,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def padded_vocab_size(model: ModelConfig, tensor_parallel_size: int) -> int:

@@ -214,7 +214,7 @@ def test_round_trip_keeps_strings_that_look_like_other_types(tmp_path):
 
 def test_config_to_dict_has_every_section_in_schema_order():
     assert list(config_to_dict(Config())) == [
-        "model", "parallel", "data", "optimizer", "schedule", "train", "checkpoint", "logging"]
+        "model", "parallel", "data", "optimizer", "schedule", "train", "checkpoint", "logging", "launch"]
 
 
 def test_config_package_imports_neither_torch_nor_megatron():
