@@ -1,0 +1,98 @@
+"""`genlip eval --checkpoint PATH --test test.jsonl [--train train.jsonl] [--zero-shot zero_shot.json]`
+
+Evaluates one model (an HF folder, or a training run directory / checkpoint folder) on CPU in one
+process: held-out caption loss and perplexity, generative zero-shot top-1 (summed and length-normalised
+scores, averaged over templates), a linear probe on frozen mean-pooled features, greedy captions of a
+few test images, and optionally the same numbers for a random model of the same size and the
+raw-pixel baseline. Data layout: see docs/evaluation.md (data_tools/fashion_mnist.py writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="HF folder, run directory or checkpoint folder")
+    parser.add_argument("--test", required=True, help="captions JSONL of held-out images (image, caption, label)")
+    parser.add_argument("--train", help="captions JSONL with labels to fit the linear probe on")
+    parser.add_argument("--zero-shot", help='JSON {"class_names": [...], "captions": [[...], ...]}')
+    parser.add_argument("--tokenizer", help="tokenizer.json (default: the training dataset's)")
+    parser.add_argument("--image-size", type=int, help="default: the training config's data.image_size")
+    parser.add_argument("--prompt", help="default: the training config's data.prompt")
+    parser.add_argument("--limit-test", type=int, help="use the first N test lines")
+    parser.add_argument("--limit-train", type=int, default=5000, help="use the first N train lines")
+    parser.add_argument("--templates", type=int, help="zero-shot: use only the first K templates per class")
+    parser.add_argument("--tasks", default="caption_loss,zero_shot,linear_probe,captions")
+    parser.add_argument("--random-baseline", action="store_true", help="also evaluate a random model")
+    parser.add_argument("--pixel-baseline", action="store_true", help="also fit the raw-pixel probe")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--json", help="write all results to this file")
+
+
+def _settings(args, defaults: dict):
+    from genlip_megatron.eval.suite import TASKS, EvalSettings
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    settings = EvalSettings(tasks=tasks)
+    settings.prompt = args.prompt if args.prompt is not None else defaults.get("prompt", settings.prompt)
+    settings.max_caption_tokens = defaults.get("max_caption_tokens", settings.max_caption_tokens)
+    return settings
+
+
+def _print(name: str, metrics: dict) -> None:
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            print(f"{name:>8} {key:<22} {value:.4f}")
+    for i, text in enumerate(metrics.get("examples", {}).get("captions", [])):
+        print(f"{name:>8} caption[{i}] {text}")
+
+
+def run(args) -> int:
+    import torch
+
+    from genlip_megatron.data.tokenizer import Tokenizer
+    from genlip_megatron.eval import datasets, megatron_checkpoint
+    from genlip_megatron.eval.loading import load_model, random_like
+    from genlip_megatron.eval.suite import evaluate_model, evaluate_pixels
+
+    torch.set_num_threads(args.threads)
+    try:
+        is_run = megatron_checkpoint.is_megatron_checkpoint(args.checkpoint)
+        defaults = megatron_checkpoint.run_defaults(args.checkpoint) if is_run else {}
+        tokenizer_path = args.tokenizer or defaults.get("tokenizer")
+        if not tokenizer_path:
+            raise ValueError("--tokenizer is required (the checkpoint does not name an existing tokenizer.json)")
+        image_size = args.image_size or defaults.get("image_size")
+        if not image_size:
+            raise ValueError("--image-size is required for a Hugging Face folder")
+        settings = _settings(args, defaults)
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+        model = load_model(args.checkpoint)
+        test = datasets.load_jsonl_split(args.test, image_size, args.limit_test)
+        train = datasets.load_jsonl_split(args.train, image_size, args.limit_train) if args.train else None
+        captions = None
+        if args.zero_shot:
+            captions = datasets.load_zero_shot(args.zero_shot)[1]
+            captions = [c[: args.templates] for c in captions] if args.templates else captions
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = {"model": evaluate_model(model, tokenizer, test, train, captions, settings)}
+    if args.random_baseline:
+        results["random"] = evaluate_model(random_like(model), tokenizer, test, train,
+                                           captions, settings)
+    if args.pixel_baseline and train is not None:
+        results["pixels"] = evaluate_pixels(test, train, settings.probe_c)
+    for name, metrics in results.items():
+        _print(name, metrics)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
