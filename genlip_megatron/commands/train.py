@@ -1,0 +1,61 @@
+"""`genlip train CONFIG [key=value ...]`: one rank of a training run (under torchrun or SLURM srun).
+
+This is the edge where the launcher's environment becomes plain arguments: rank, world size, local
+rank and the rendezvous address are read here (torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT; SLURM: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, plus MASTER_ADDR/MASTER_PORT set by the
+job script) and nowhere else. Without either, it runs as a single process on 127.0.0.1.
+
+Exit codes: 0 done, 75 stopped by SIGTERM/SIGUSR1 after saving (requeue), 76 too many non-finite
+steps, 77 a step hung (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from genlip_megatron.config.load import ConfigError, load_config, preset_names
+
+DEFAULT_PORT = 29500
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help=f"a preset ({', '.join(preset_names())}) or a YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. checkpoint.dir=runs/a train.device=cpu")
+
+
+def launch_environment(env: dict) -> dict:
+    """rank, world_size, local_rank, master_addr, master_port from torchrun or SLURM variables."""
+    def first(*names, default=None):
+        return next((env[n] for n in names if env.get(n) not in (None, "")), default)
+
+    return {
+        "rank": int(first("RANK", "SLURM_PROCID", default=0)),
+        "world_size": int(first("WORLD_SIZE", "SLURM_NTASKS", default=1)),
+        "local_rank": int(first("LOCAL_RANK", "SLURM_LOCALID", default=0)),
+        "master_addr": first("MASTER_ADDR", default="127.0.0.1"),
+        "master_port": int(first("MASTER_PORT", default=DEFAULT_PORT)),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    where = launch_environment(dict(os.environ))
+    logging.basicConfig(level=logging.INFO if where["rank"] == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {where['rank']}] %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
+    # Imported late: megatron costs seconds to import, and a config error should not wait for it.
+    from genlip_megatron.training.trainer import train
+
+    try:
+        return train(cfg, **where)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1

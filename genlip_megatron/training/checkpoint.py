@@ -1,0 +1,144 @@
+"""Save and load training state with megatron-core dist_checkpointing (torch_dist format).
+
+What a checkpoint holds (one folder, run_dir.py has the layout):
+    model / model0, model1, ...   sharded model weights, one entry per virtual pipeline chunk
+    optimizer                     distributed-optimizer state, `fully_reshardable`: every tensor is
+                                  stored in model space, so TP/PP/DP may change on load
+    rng_state                     per-rank RNG streams (python, numpy, torch, CUDA, megatron tracker)
+    common (rank 0):              iteration, counters, lr-scheduler state, data-source state,
+                                  parallel layout, resolved config (also as config.yaml)
+
+Loading reshards model and optimizer to the current layout. RNG streams are per rank, so they are
+restored only when the layout is unchanged; otherwise the run keeps the streams seeded at start-up
+(with dropout/drop-path this makes a resharded resume statistically, not bitwise, identical).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from genlip_megatron.config.load import config_to_dict, save_config
+from genlip_megatron.training import run_dir as layout
+
+log = logging.getLogger(__name__)
+
+# Passed to every sharded_state_dict call: the distributed optimizer stores its state in model space.
+SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+FORMAT_VERSION = 1
+
+
+def parallel_layout() -> dict:
+    return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "pp": parallel_state.get_pipeline_model_parallel_world_size(),
+            "vpp": parallel_state.get_virtual_pipeline_model_parallel_world_size(),
+            "cp": parallel_state.get_context_parallel_world_size(),
+            "dp": parallel_state.get_data_parallel_world_size(),
+            "world": dist.get_world_size()}
+
+
+def _rng_state() -> dict:
+    state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _model_keys(model: list) -> list[str]:
+    return ["model"] if len(model) == 1 else [f"model{i}" for i in range(len(model))]
+
+
+def _sharded_state(modules, is_loading: bool, optimizer: bool, rng: bool) -> dict:
+    state = {}
+    for key, chunk in zip(_model_keys(modules.model), modules.model):
+        # The DDP wrapper would prefix every key with `module.`: take the unwrapped chunk's.
+        state[key] = chunk.module.sharded_state_dict(metadata=SHARDING_METADATA)
+    if optimizer:
+        state["optimizer"] = modules.optimizer.sharded_state_dict(
+            dict(state), is_loading=is_loading, metadata=SHARDING_METADATA)
+    if rng:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        state["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
+    return state
+
+
+def save_checkpoint(run_dir: str, iteration: int, modules, batch_source, counters: dict, cfg,
+                    async_queue=None) -> None:
+    """Write iter_<iteration> and, once every rank finished, point `latest` at it and prune.
+
+    counters: plain values restored on resume (iteration, skipped steps, ...).
+    With `async_queue` (megatron AsyncCallsQueue) the tensor writes run in the background; the
+    marker is written when the queue finalises the request on every rank.
+    """
+    path = layout.checkpoint_path(run_dir, iteration)
+    if dist.get_rank() == 0:
+        if os.path.exists(path):  # left by a save that never completed: start it over
+            shutil.rmtree(path)
+        os.makedirs(path)
+    dist.barrier()  # dist_checkpointing needs the folder to exist on every rank
+    state = _sharded_state(modules, is_loading=False, optimizer=True, rng=True)
+    state.update(format_version=FORMAT_VERSION, iteration=iteration, counters=dict(counters),
+                 scheduler=modules.scheduler.state_dict(), data=batch_source.state_dict(),
+                 layout=parallel_layout(), config=config_to_dict(cfg))
+
+    def mark_complete() -> None:
+        if dist.get_rank() == 0:
+            save_config(cfg, os.path.join(path, "config.yaml"))
+            layout.write_latest(run_dir, iteration)
+            pruned = layout.prune(run_dir, cfg.checkpoint.keep_last)
+            log.info("saved checkpoint %s%s", path, f" (pruned {pruned})" if pruned else "")
+
+    if async_queue is None:
+        dist_checkpointing.save(state, path)
+        dist.barrier()  # every rank's shards are on disk before the marker moves
+        mark_complete()
+        dist.barrier()  # no rank races ahead (e.g. to exit) before the marker exists
+    else:
+        request = dist_checkpointing.save(state, path, async_sharded_save=True)
+        request.add_finalize_fn(mark_complete)
+        async_queue.schedule_async_request(request)
+
+
+def load_checkpoint(path: str, modules, batch_source, finetune: bool = False) -> dict:
+    """Restore from checkpoint folder `path` into the current layout; return its counters.
+
+    finetune: weights only (no optimizer, scheduler, data or RNG state; counters start at zero).
+    """
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {common.get('format_version')} != {FORMAT_VERSION}")
+    same_layout = common["layout"] == parallel_layout()
+    if not same_layout and not finetune and dist.get_rank() == 0:
+        log.warning("resharding %s from layout %s to %s: RNG streams are re-seeded, not restored",
+                    path, common["layout"], parallel_layout())
+    state = _sharded_state(modules, is_loading=True, optimizer=not finetune, rng=same_layout and not finetune)
+    loaded = dist_checkpointing.load(state, path)
+    for key, chunk in zip(_model_keys(modules.model), modules.model):
+        chunk.module.load_state_dict(loaded[key])
+    if finetune:
+        modules.optimizer.reload_model_params()  # main (fp32) params from the loaded weights
+        return {}
+    modules.optimizer.load_state_dict(loaded["optimizer"])
+    modules.scheduler.load_state_dict(common["scheduler"])
+    batch_source.load_state_dict(common["data"])
+    if same_layout:
+        _set_rng_state(loaded["rng_state"])
+    return {"iteration": common["iteration"], **common["counters"]}

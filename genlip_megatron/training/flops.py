@@ -1,0 +1,130 @@
+"""Model FLOPs of a GenLIP training step, and MFU against the BF16 peak of the detected GPU.
+
+The count is exact for the packed batch at hand (it reads `segment_ids` and `is_image`), so packing
+efficiency and the prefix-LM mask's sparsity are accounted for, not averaged away. A matmul of
+[m, k] x [k, n] counts 2*m*k*n FLOPs. Per FORWARD pass, with H = width, F = SwiGLU hidden,
+E = text_embed_dim, V = padded vocabulary, L = layers, P = patch size, C = channels:
+
+    patch embed     2 * N_img * (C*P*P) * H
+    in_proj         2 * N_txt * E * H                 (only when E != H)
+    per layer       2 * T * (4*H*H)                   q, gate, k, v projections (gate: GenLIP's
+                                                      attention output gate, H extra rows of q)
+                  + 2 * T * (H*H)                     output projection
+                  + 2 * T * (3*H*F)                   SwiGLU: fc1, gate_fc, fc2
+                  + 4 * H * pairs                     scores QK^T and probabilities x V
+    proj            2 * T * H * E                     (only when E != H)
+    lm_head         2 * T * E * V
+
+T = real (non-padding) tokens, N_img / N_txt their image / text share. `pairs` = query-key pairs the
+prefix-LM mask allows, per sample: n_img^2 (image->image) + n_txt*n_img (text->image) +
+n_txt*(n_txt+1)/2 (text->earlier text and itself). Padding is not counted: it is wasted work, not
+model work. A step is 3x the forward (backward = 2x forward); recompute is not counted (model FLOPs,
+not hardware FLOPs). Element-wise work (norms, rotary, softmax, sigmoid gate, residuals) is ignored.
+NOTE: our head runs on every position (images included), so the lm_head term uses T; a head gathered
+to loss positions only would do less work and should then count only those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Dense (no sparsity) BF16 tensor-core peaks, TFLOP/s, from the vendors' data sheets. Matched as
+# substrings of torch.cuda.get_device_name(), most specific first.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),  # SXM
+    ("H200", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the formula needs (see the module docstring for the symbols)."""
+
+    hidden: int
+    ffn_hidden: int
+    layers: int
+    text_embed_dim: int
+    padded_vocab: int
+    patch_dim: int  # C * P * P
+
+    @classmethod
+    def from_config(cls, model_cfg, padded_vocab: int) -> ModelShape:
+        return cls(hidden=model_cfg.hidden_size, ffn_hidden=model_cfg.ffn_hidden_size,
+                   layers=model_cfg.num_layers,
+                   text_embed_dim=model_cfg.text_embed_dim or model_cfg.hidden_size,
+                   padded_vocab=padded_vocab,
+                   patch_dim=model_cfg.num_channels * model_cfg.patch_size ** 2)
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Per-batch counts the FLOPs formula needs."""
+
+    image_tokens: int
+    text_tokens: int
+    attention_pairs: int
+    samples: int
+
+    @property
+    def tokens(self) -> int:
+        return self.image_tokens + self.text_tokens
+
+
+def count_tokens(segment_ids: torch.Tensor, is_image: torch.Tensor) -> TokenCounts:
+    """Counts of a packed micro-batch. segment_ids int [B, S] (-1 = padding), is_image bool [B, S]."""
+    seg = segment_ids.long()
+    real = seg >= 0
+    rows, width = seg.shape
+    # One bin per (row, sample) so packed samples are counted separately; padding falls out.
+    key = (torch.arange(rows).unsqueeze(1) * (width + 1) + seg)[real]
+    image = is_image[real].long()
+    n_img = torch.bincount(key, weights=image.double(), minlength=1)
+    n_all = torch.bincount(key, minlength=1).double()
+    n_txt = n_all - n_img
+    present = n_all > 0
+    pairs = (n_img * n_img + n_txt * n_img + n_txt * (n_txt + 1) / 2)[present].sum()
+    return TokenCounts(image_tokens=int(image.sum()), text_tokens=int((1 - image).sum()),
+                       attention_pairs=int(pairs.item()), samples=int(present.sum()))
+
+
+def forward_flops(shape: ModelShape, counts: TokenCounts) -> int:
+    """FLOPs of one forward pass over a batch with these counts (formula in the module docstring)."""
+    h, f, e, t = shape.hidden, shape.ffn_hidden, shape.text_embed_dim, counts.tokens
+    flops = 2 * counts.image_tokens * shape.patch_dim * h
+    if e != h:
+        flops += 2 * counts.text_tokens * e * h + 2 * t * h * e  # in_proj, proj
+    per_layer = 2 * t * (4 * h * h) + 2 * t * h * h + 2 * t * 3 * h * f + 4 * h * counts.attention_pairs
+    flops += shape.layers * per_layer
+    flops += 2 * t * e * shape.padded_vocab
+    return flops
+
+
+def train_step_flops(shape: ModelShape, counts: TokenCounts) -> int:
+    """Forward + backward (backward = 2 x forward)."""
+    return 3 * forward_flops(shape, counts)
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """Dense BF16 peak of a GPU by its name, or None when it is not in the table."""
+    for fragment, peak in BF16_PEAK_TFLOPS:
+        if fragment in device_name:
+            return peak
+    return None
+
+
+def mfu_peak_tflops(device: str, precision: str) -> float | None:
+    """The peak MFU is measured against, or None when MFU is not claimed.
+
+    No MFU on CPU (no meaningful peak) and none under FP8: FP8 matmuls run against a different peak,
+    and quoting BF16-based MFU for them would overstate utilisation.
+    """
+    if device != "cuda" or precision == "fp8" or not torch.cuda.is_available():
+        return None
+    return bf16_peak_tflops(torch.cuda.get_device_name())

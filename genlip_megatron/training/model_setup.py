@@ -1,0 +1,136 @@
+"""Build what a training step needs from the config: model chunks in DDP, optimizer, lr schedule.
+
+Assumes megatron's parallel state is initialised (runtime/distributed.py). One model chunk per
+virtual pipeline stage of this rank (one chunk without VPP); each is wrapped in megatron-core's
+DistributedDataParallel, whose contiguous grad buffers feed the (distributed) optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from genlip_megatron.config.schema import padded_vocab_size
+from genlip_megatron.model.aimv2 import build_aimv2_stage
+from genlip_megatron.model.aimv2_loss import prepare_aimv2_step
+from genlip_megatron.model.aimv2_specs import aimv2_transformer_configs
+from genlip_megatron.model.genlip import GenLIPModel
+from genlip_megatron.model.transformer_config import genlip_transformer_config
+
+
+@dataclass
+class TrainingModules:
+    model: list  # DDP-wrapped model chunks, one per virtual pipeline stage
+    optimizer: object  # megatron MegatronOptimizer (distributed or not)
+    scheduler: OptimizerParamScheduler
+    transformer_config: object
+    padded_vocab: int
+    # objective-specific additions to a step's micro-batches, called as f(micro_batches, step=...)
+    prepare_micro_batches: Optional[Callable] = None
+
+
+def build_model_chunks(cfg, transformer_config) -> list[GenLIPModel]:
+    """This rank's pipeline stages: [chunk for vp_stage in range(vpp)] (one chunk without VPP)."""
+    vpp = cfg.parallel.virtual_pipeline_model_parallel_size
+    padded = padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size)
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        if cfg.model.objective == "aimv2":
+            chunks.append(build_aimv2_stage(
+                cfg, transformer_config,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)))
+            continue
+        chunk = GenLIPModel(
+            transformer_config, cfg.model, padded,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            vp_stage=stage)
+        chunks.append(chunk)
+    return chunks
+
+
+def wrap_ddp(cfg, chunks: list, transformer_config) -> list[DistributedDataParallel]:
+    p = cfg.parallel
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,  # bf16 grads are summed over DP in fp32 (exactness at any DP size)
+        overlap_grad_reduce=p.overlap_grad_reduce,
+        overlap_param_gather=p.overlap_param_gather,
+        use_distributed_optimizer=p.use_distributed_optimizer,
+        check_for_nan_in_grad=False,  # non-finite steps are skipped by the trainer, not raised
+    )
+    device = torch.cuda.current_device() if cfg.train.device == "cuda" else "cpu"
+    # megatron builds its own layers in params_dtype; plain torch submodules (LayerScale, proj) are
+    # created in fp32, so cast the whole chunk (what Megatron-LM's Float16Module does).
+    dtype = transformer_config.params_dtype
+    wrapped = []
+    for index, chunk in enumerate(chunks):
+        chunk.to(device=device, dtype=dtype)
+        # Like Megatron-LM: only the first chunk buckets, later chunks reduce in one go, which
+        # keeps the overlap schedule simple under interleaving.
+        wrapped.append(DistributedDataParallel(transformer_config, ddp_config, chunk,
+                                               disable_bucketing=index > 0))
+    return wrapped
+
+
+def _wire_schedule_hooks(cfg, transformer_config, model: list) -> None:
+    """Tell megatron's pipeline schedules how to sync grads of these chunks."""
+    if cfg.parallel.overlap_grad_reduce:
+        no_sync = [chunk.no_sync for chunk in model]
+        grad_sync = [chunk.start_grad_sync for chunk in model]
+        transformer_config.no_sync_func = no_sync[0] if len(model) == 1 else no_sync
+        transformer_config.grad_sync_func = grad_sync[0] if len(model) == 1 else grad_sync
+    transformer_config.finalize_model_grads_func = finalize_model_grads
+
+
+def build_optimizer(cfg, model: list):
+    o, t = cfg.optimizer, cfg.train
+    config = OptimizerConfig(
+        optimizer="adam",  # decoupled_weight_decay=True (default) makes this torch AdamW
+        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=t.precision in ("bf16", "fp8"),
+        params_dtype=torch.bfloat16 if t.precision in ("bf16", "fp8") else torch.float32,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+        overlap_param_gather=cfg.parallel.overlap_param_gather,
+    )
+    return get_megatron_optimizer(config, model)
+
+
+def build_scheduler(cfg, optimizer) -> OptimizerParamScheduler:
+    """Linear warmup over warmup_fraction x train_iters from 0, then cosine (or linear) to min_lr."""
+    s, o = cfg.schedule, cfg.optimizer
+    warmup = round(s.warmup_fraction * s.train_iters)
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
+        lr_warmup_steps=warmup, lr_decay_steps=s.train_iters, lr_decay_style=s.decay_style,
+        start_wd=o.weight_decay, end_wd=o.weight_decay, wd_incr_steps=s.train_iters,
+        wd_incr_style="constant",
+        # The checkpoint's schedule wins over the config on resume (the run continues as planned).
+        use_checkpoint_opt_param_scheduler=True, override_opt_param_scheduler=False)
+
+
+def build_training_modules(cfg) -> TrainingModules:
+    aimv2 = cfg.model.objective == "aimv2"
+    transformer_config = aimv2_transformer_configs(cfg)[0] if aimv2 else genlip_transformer_config(cfg)
+    chunks = build_model_chunks(cfg, transformer_config)
+    model = wrap_ddp(cfg, chunks, transformer_config)
+    _wire_schedule_hooks(cfg, transformer_config, model)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    prepare = partial(prepare_aimv2_step, model_cfg=cfg.model, seed=cfg.data.seed) if aimv2 else None
+    return TrainingModules(model, optimizer, scheduler, transformer_config,
+                           padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size), prepare)

@@ -1,0 +1,170 @@
+"""The training loop: resume, step, log, checkpoint, and stop cleanly on signals or bad steps.
+
+    train(cfg, rank, world, ...)      init process groups + megatron parallel state, run, tear down
+      run_training(cfg)               needs the parallel state already initialised (tests use pools)
+        resume: `latest` in checkpoint.dir, else checkpoint.load (finetune: weights only)
+        per step: pull the step's micro-batches -> train_step (step.py) -> metrics (rank 0)
+                  -> stop after K non-finite steps in a row (EXIT_NONFINITE, no save)
+                  -> save every checkpoint.save_interval, at the end, on a `save_now` file, or on
+                     SIGTERM/SIGUSR1 (then EXIT_REQUEUE)
+A watchdog aborts the process when a step (with its save) exceeds train.step_timeout_s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from genlip_megatron.config.validate import check
+from genlip_megatron.runtime import device as device_lib
+from genlip_megatron.training import faults
+from genlip_megatron.training.batches import build_batch_source
+from genlip_megatron.training.checkpoint import load_checkpoint, save_checkpoint
+from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
+from genlip_megatron.training.metrics import MetricsLogger, throughput
+from genlip_megatron.training.model_setup import build_training_modules
+from genlip_megatron.training.run_dir import read_latest
+from genlip_megatron.training.step import current_lr, train_step
+
+log = logging.getLogger("genlip_megatron.train")
+
+SAVE_NOW_FILE = "save_now"  # touch <checkpoint.dir>/save_now to get a checkpoint after the current step
+
+
+@dataclass
+class TrainOutcome:
+    exit_code: int
+    iteration: int  # steps completed (skipped ones included)
+    losses: dict[int, float] = field(default_factory=dict)  # step -> global loss
+    skipped_steps: int = 0
+    seconds: dict = field(default_factory=dict)  # phase -> total wall seconds on this rank
+    step_seconds: list = field(default_factory=list)  # per step: phase -> wall seconds (benchmarks)
+    step_work: list = field(default_factory=list)  # per step: (samples, tokens) of the global batch
+    message: str = ""
+
+
+def _resume_path(cfg) -> tuple[str | None, bool]:
+    """(checkpoint to load, weights only?): this run's own `latest` wins over checkpoint.load."""
+    own = read_latest(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+    if own:
+        return own, False
+    return (cfg.checkpoint.load or None), cfg.checkpoint.finetune
+
+
+def _save_requested_by_file(cfg) -> bool:
+    path = os.path.join(cfg.checkpoint.dir, SAVE_NOW_FILE) if cfg.checkpoint.dir else ""
+    if path and dist.get_rank() == 0 and os.path.exists(path):
+        os.remove(path)
+        return True
+    return False
+
+
+def run_training(cfg, batch_source=None) -> TrainOutcome:
+    """Train until schedule.train_iters (or a stop); parallel state must already be initialised."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = device_lib.current_device()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    source = batch_source or build_batch_source(cfg, dp_rank, dp_size)
+    modules = build_training_modules(cfg)
+    shape = ModelShape.from_config(cfg.model, modules.padded_vocab)
+    micro_per_step = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
+    counters = {"skipped_steps": 0}
+    iteration = 0
+    path, weights_only = _resume_path(cfg)
+    if path:
+        restored = load_checkpoint(path, modules, source, finetune=weights_only)
+        iteration = restored.pop("iteration", 0)
+        counters.update(restored)
+        if rank == 0:
+            log.info("resumed from %s at step %d%s", path, iteration, " (weights only)" if weights_only else "")
+
+    run_dir, total = cfg.checkpoint.dir, cfg.schedule.train_iters
+    peak = mfu_peak_tflops(cfg.train.device, cfg.train.precision)
+    signals = faults.StopSignals().install()
+    watchdog = faults.Watchdog(cfg.train.step_timeout_s)
+    guard = faults.NonFiniteGuard(cfg.train.max_consecutive_nan_steps)
+    logger = MetricsLogger(cfg, enabled=rank == 0, start_step=iteration)
+    async_queue = None
+    if cfg.checkpoint.async_save:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        async_queue = AsyncCallsQueue()
+    outcome = TrainOutcome(faults.EXIT_DONE, iteration, skipped_steps=counters["skipped_steps"])
+    try:
+        while iteration < total:
+            watchdog.step_started(iteration + 1)
+            start = time.perf_counter()
+            micro_batches = [source.next() for _ in range(micro_per_step)]
+            seconds = {"loader": time.perf_counter() - start}
+            save_requested = _save_requested_by_file(cfg)
+            result = train_step(modules, micro_batches, shape, device, signals.requested, save_requested)
+            seconds.update(result.seconds)
+            outcome.step_seconds.append(seconds)
+            outcome.step_work.append((result.samples, result.tokens))
+            iteration += 1
+            counters["skipped_steps"] += int(result.skipped)
+            outcome.losses[iteration] = result.loss
+            step_seconds = time.perf_counter() - start
+
+            start = time.perf_counter()
+            metrics = dict(loss=result.loss, lr=current_lr(modules.optimizer), grad_norm=result.grad_norm,
+                           skipped=int(result.skipped), skipped_steps=counters["skipped_steps"],
+                           samples=result.samples, tokens=result.tokens, seconds_per_step=step_seconds,
+                           **throughput(result.samples, result.tokens, result.flops, step_seconds, world, peak))
+            logger.step(iteration, metrics)
+            if async_queue is not None:
+                async_queue.maybe_finalize_async_calls(blocking=False)
+            seconds["logging"] = time.perf_counter() - start
+
+            if guard.update(iteration, result.skipped):
+                outcome.exit_code, outcome.message = faults.EXIT_NONFINITE, guard.message(
+                    iteration, read_latest(run_dir) if run_dir else None)
+                break
+            if run_dir and (result.stop_requested or result.save_requested
+                            or iteration % cfg.checkpoint.save_interval == 0 or iteration == total):
+                start = time.perf_counter()
+                save_checkpoint(run_dir, iteration, modules, source, counters, cfg, async_queue)
+                seconds["checkpoint"] = time.perf_counter() - start
+            watchdog.step_finished()
+            if result.stop_requested:
+                outcome.exit_code = faults.EXIT_REQUEUE
+                outcome.message = (f"stop signal received: finished step {iteration}, "
+                                   + (f"saved it under {run_dir}" if run_dir else "no checkpoint.dir to save to")
+                                   + f"; exit code {faults.EXIT_REQUEUE} asks the scheduler to requeue")
+                break
+    finally:
+        watchdog.close()
+        signals.uninstall()
+        if async_queue is not None:
+            async_queue.maybe_finalize_async_calls(blocking=True)
+            async_queue.close()
+    if outcome.message and rank == 0:
+        (log.error if outcome.exit_code == faults.EXIT_NONFINITE else log.warning)(outcome.message)
+    logger.close()
+    outcome.iteration, outcome.skipped_steps = iteration, counters["skipped_steps"]
+    outcome.seconds = dict(sum((Counter(step) for step in outcome.step_seconds), Counter()))
+    return outcome
+
+
+def train(cfg, rank: int, world_size: int, master_addr: str, master_port: int,
+          local_rank: int | None = None) -> int:
+    """Validate, join the world, train, tear down; return the process exit code (faults.py)."""
+    from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
+
+    check(cfg, world_size)
+    p = cfg.parallel
+    init_distributed(rank, world_size, master_addr, master_port, device=cfg.train.device,
+                     tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
+                     vpp=p.virtual_pipeline_model_parallel_size, cp=p.context_parallel_size,
+                     seed=cfg.train.seed, local_rank=local_rank, timeout_s=cfg.train.step_timeout_s)
+    try:
+        return run_training(cfg).exit_code
+    finally:
+        destroy_distributed()
