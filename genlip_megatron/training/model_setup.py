@@ -7,9 +7,9 @@ DistributedDataParallel, whose contiguous grad buffers feed the (distributed) op
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -37,7 +37,7 @@ class TrainingModules:
     transformer_config: object
     padded_vocab: int
     # objective-specific additions to a step's micro-batches, called as f(micro_batches, step=...)
-    prepare_micro_batches: Optional[Callable] = None
+    prepare_micro_batches: Callable | None = None
 
 
 def build_model_chunks(cfg, transformer_config) -> list[GenLIPModel]:

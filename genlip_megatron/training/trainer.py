@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.validate import check
 from genlip_megatron.runtime import device as device_lib
 from genlip_megatron.training import faults
@@ -159,6 +160,9 @@ def train(cfg, rank: int, world_size: int, master_addr: str, master_port: int,
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
 
     check(cfg, world_size)
+    if not cfg.train.synthetic_data and not cfg.data.manifest:  # fail before seconds of start-up
+        raise ConfigError([("data.manifest is empty: name a dataset manifest.json, or set "
+                            "train.synthetic_data=true to train on synthetic batches")])
     p = cfg.parallel
     init_distributed(rank, world_size, master_addr, master_port, device=cfg.train.device,
                      tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
