@@ -83,11 +83,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]  # other work on the machine skews every number below
     with tempfile.TemporaryDirectory() as log_dir:
         rows = [measure(world, args.steps, args.warmup, os.path.join(log_dir, str(world))) for world in (1, 2)]
     report("train_step", rows, {"preset": PRESET, "steps": args.steps, "warmup": args.warmup,
                                 "data": "SyntheticBatches", "layout": "TP1 PP1, DP = processes",
-                                "note": "shares are of rank 0's measured step time"})
+                                "note": "shares are of rank 0's measured step time",
+                                "load_average_1min_before": load_before})
 
 
 if __name__ == "__main__":

@@ -92,11 +92,11 @@ def mcore_to_vision(mc: dict, *, num_layers: int, num_heads: int, patch_size: in
 def vision_config_kwargs(model_cfg) -> dict:
     """Our ModelConfig -> `transformers.Aimv2VisionConfig` keyword arguments (no pooling head)."""
     m = model_cfg
-    return dict(hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
-                num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
-                num_channels=m.num_channels, image_size=m.aimv2_image_size, patch_size=m.patch_size,
-                hidden_act="silu", rms_norm_eps=m.layer_norm_eps, qkv_bias=False, mlp_bias=False,
-                use_head=False, is_native=m.aimv2_position_embedding == "sincos")
+    return {"hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size,
+            "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
+            "num_channels": m.num_channels, "image_size": m.aimv2_image_size, "patch_size": m.patch_size,
+            "hidden_act": "silu", "rms_norm_eps": m.layer_norm_eps, "qkv_bias": False, "mlp_bias": False,
+            "use_head": False, "is_native": m.aimv2_position_embedding == "sincos"}
 
 
 def reference_config(model_cfg) -> AIMv2ReferenceConfig:
