@@ -126,7 +126,7 @@ def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source:
     from genlip_megatron.model.genlip import GenLIPModel
     from genlip_megatron.model.transformer_config import genlip_transformer_config
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
-    from genlip_megatron.training.checkpoint import FORMAT_VERSION, SHARDING_METADATA, parallel_layout
+    from genlip_megatron.training.checkpoint import FORMAT_VERSION, sharding_metadata, parallel_layout
 
     single = dataclasses.replace(
         cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
@@ -142,7 +142,7 @@ def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source:
         if left:
             raise ConversionError(f"mapped weights do not fit the megatron-core model: {left[:3]}")
         os.makedirs(out, exist_ok=True)
-        sharded = {"model": model.sharded_state_dict(metadata=SHARDING_METADATA),
+        sharded = {"model": model.sharded_state_dict(metadata=sharding_metadata()),
                    "format_version": FORMAT_VERSION, "iteration": 0, "counters": {},
                    "layout": parallel_layout(), "config": config_to_dict(cfg),
                    "imported_from": {"hf_folder": os.path.abspath(source),

@@ -69,7 +69,7 @@ def load_megatron_checkpoint(path: str):
 
     from genlip_megatron.model.transformer_config import genlip_transformer_config
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
-    from genlip_megatron.training.checkpoint import SHARDING_METADATA
+    from genlip_megatron.training.checkpoint import sharding_metadata
     from genlip_megatron.training.model_setup import build_model_chunks
 
     folder = resolve_checkpoint(path)
@@ -82,7 +82,7 @@ def load_megatron_checkpoint(path: str):
     init_distributed(0, 1, "127.0.0.1", _free_port(), device="cpu", seed=local.train.seed)
     try:
         chunk = build_model_chunks(local, genlip_transformer_config(local))[0]
-        loaded = dist_checkpointing.load({"model": chunk.sharded_state_dict(metadata=SHARDING_METADATA)},
+        loaded = dist_checkpointing.load({"model": chunk.sharded_state_dict(metadata=sharding_metadata())},
                                          folder)
         chunk.load_state_dict(loaded["model"])
         state = {k: v.detach().to(torch.float32) for k, v in chunk.state_dict().items()

@@ -31,8 +31,12 @@ from genlip_megatron.training import run_dir as layout
 
 log = logging.getLogger(__name__)
 
-# Passed to every sharded_state_dict call: the distributed optimizer stores its state in model space.
-SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+def sharding_metadata() -> dict:
+    """Metadata for every sharded_state_dict call: the distributed optimizer stores its state in
+    model space. A FRESH dict each time: megatron-core caches the data-parallel group into it in
+    place, and a shared dict would carry a stale group into a later, differently laid-out save or
+    load (two ranks then both claim the main replica of every replicated tensor)."""
+    return {"distrib_optim_sharding_type": "fully_reshardable"}
 FORMAT_VERSION = 1
 
 
@@ -70,10 +74,10 @@ def _sharded_state(modules, is_loading: bool, optimizer: bool, rng: bool) -> dic
     state = {}
     for key, chunk in zip(_model_keys(modules.model), modules.model):
         # The DDP wrapper would prefix every key with `module.`: take the unwrapped chunk's.
-        state[key] = chunk.module.sharded_state_dict(metadata=SHARDING_METADATA)
+        state[key] = chunk.module.sharded_state_dict(metadata=sharding_metadata())
     if optimizer:
         state["optimizer"] = modules.optimizer.sharded_state_dict(
-            dict(state), is_loading=is_loading, metadata=SHARDING_METADATA)
+            dict(state), is_loading=is_loading, metadata=sharding_metadata())
     if rng:
         rank, world = dist.get_rank(), dist.get_world_size()
         state["rng_state"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)

@@ -2,8 +2,10 @@
 
     python tests/launch/measure_peak.py CONFIG [key=value ...]   -> one JSON line on stdout
 
-Peak = ru_maxrss at the end minus the resident size just before the model is built (imports, the
-interpreter and megatron's globals are not what the planner estimates). Run in a fresh process so
+Peak = VmHWM (this process's resident high-water mark) at the end minus the resident size just
+before the model is built (imports, the interpreter and megatron's globals are not what the
+planner estimates). NOTE: not ru_maxrss: Linux folds the forking parent's RSS into the child's
+ru_maxrss across exec, so under a large pytest parent it reported the parent's size. Run in a fresh process so
 that nothing else has raised the high-water mark. Also reports the model's real parameter count.
 """
 
@@ -11,13 +13,18 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _high_water_bytes() -> int:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def main(argv: list[str]) -> None:
@@ -42,7 +49,7 @@ def main(argv: list[str]) -> None:
     trainer.build_training_modules = counting_build
     baseline = _rss_bytes()
     outcome = trainer.run_training(cfg)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _high_water_bytes()
     destroy_distributed()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -69,7 +69,8 @@ def _save_then_resume(weights, checkpoint_dir, lift_load_adaptation=False):
         model_state = ddp_model.module.sharded_state_dict()  # unwrapped: no "module." prefix
         return {
             "model": model_state,
-            "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=SHARDING),
+            # A fresh dict: megatron-core caches the data-parallel group in it.
+            "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=dict(SHARDING)),
         }
 
     ddp_model, optimizer = _model_and_optimizer(weights)
