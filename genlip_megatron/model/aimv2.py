@@ -37,6 +37,7 @@ from genlip_megatron.hf.aimv2_reference import (
 from genlip_megatron.hf.rope import interleaved_mrope_freqs
 from genlip_megatron.model.aimv2_embeddings import AIMv2PatchEmbedding, compact_images
 from genlip_megatron.model.aimv2_specs import aimv2_layer_spec, final_rms_norm_spec
+from genlip_megatron.model.vocab_padding import mask_vocab_padding
 
 
 def check_aimv2_layout(pipeline: int, virtual_pipeline) -> None:
@@ -150,7 +151,7 @@ class AIMv2Model(MegatronModule):
         hidden = self.decoder(hidden_states=hidden, attention_mask=~causal_sample_allowed(segment_ids),
                               rotary_pos_emb=freqs.transpose(0, 1).unsqueeze(2).contiguous())
         logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
-        logits = self._mask_vocab_padding(logits)
+        logits = mask_vocab_padding(logits, self.aimv2.vocab_size, self.vocab_size)
         pixels = self.pixel_head(self._gather_sequence(hidden))  # [S, B, 3*P*P]
         if labels is None:
             return logits, pixels
@@ -159,16 +160,6 @@ class AIMv2Model(MegatronModule):
         targets, has = next_patch_targets(image_patches, is_image, segment_ids, image_prefix)
         mse = ((pixels.transpose(0, 1).float() - targets) ** 2).mean(-1) * has
         return torch.stack([ce, mse])
-
-    def _mask_vocab_padding(self, logits):
-        """Padding rows of the vocabulary take no softmax mass (as in model/genlip.py)."""
-        real = self.aimv2.vocab_size
-        if real >= self.vocab_size:
-            return logits
-        local = logits.shape[-1]
-        first = parallel_state.get_tensor_model_parallel_rank() * local
-        ids = torch.arange(first, first + local, device=logits.device)
-        return logits.masked_fill(ids >= real, float("-inf"))
 
     def features(self, image_patches, is_image, position_ids, segment_ids):
         """Frozen-trunk features for probes: [B, Si, W] after the encoder's RMSNorm, full attention,

@@ -15,7 +15,7 @@ Differences from the reference, by design:
 from __future__ import annotations
 
 import torch
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import (
@@ -29,6 +29,7 @@ from genlip_megatron.hf.rope import interleaved_mrope_freqs
 from genlip_megatron.model.embeddings import GenLIPEmbedding
 from genlip_megatron.model.specs import final_norm_spec, genlip_layer_spec
 from genlip_megatron.model.varlen_attention import prefix_lm_spans
+from genlip_megatron.model.vocab_padding import mask_vocab_padding
 
 
 class GenLIPModel(MegatronModule):
@@ -105,7 +106,7 @@ class GenLIPModel(MegatronModule):
         if self.proj is not None:
             hidden = self.proj(hidden)
         logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
-        logits = self._mask_vocab_padding(logits)
+        logits = mask_vocab_padding(logits, self.genlip.vocab_size, self.vocab_size)
         if labels is None:
             return logits
         # vocab_parallel_cross_entropy needs an in-range label everywhere; -100 positions are
@@ -113,17 +114,6 @@ class GenLIPModel(MegatronModule):
         safe = labels.clamp(min=0).transpose(0, 1).contiguous()
         loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), safe)
         return loss.transpose(0, 1).contiguous()  # [B, S]
-
-    def _mask_vocab_padding(self, logits):
-        """Padding rows of the vocabulary must not take softmax mass: the exported model (with
-        the tokenizer's true vocabulary) would otherwise give different probabilities."""
-        real = self.genlip.vocab_size
-        if real >= self.vocab_size:
-            return logits
-        local = logits.shape[-1]
-        first = parallel_state.get_tensor_model_parallel_rank() * local
-        ids = torch.arange(first, first + local, device=logits.device)
-        return logits.masked_fill(ids >= real, float("-inf"))
 
     def features(self, tokens, image_patches, is_image, position_ids, segment_ids):
         """Trunk features after ln_post, [S, B, H] (single-stage models)."""

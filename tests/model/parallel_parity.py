@@ -216,3 +216,12 @@ def tp1_bf16_loss():
     dtypes = {p.dtype for p in model.parameters()}
     return (per_token.float() * b["loss_mask"]).sum().item() / count.item(), \
         (ref_sum / count).item(), dtypes
+
+
+def tp1_padded_vocab_logits(real_vocab):
+    """Logits of a model whose tokenizer has `real_vocab` < padded vocabulary, and the reference's."""
+    model, reference = single_stage_model(vocab_size=real_vocab)
+    b = micro_batches()[0]
+    args = (b["tokens"], b["image_patches"], b["is_image"], b["position_ids"], b["segment_ids"])
+    with torch.no_grad():
+        return model(*args).transpose(0, 1), reference.forward_packed(*args)["logits"], b

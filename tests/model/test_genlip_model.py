@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from multiproc import run_on_ranks
-from parallel_parity import (tp1_bf16_loss, tp1_logits, tp1_parameter_counts,
+from parallel_parity import (tp1_bf16_loss, tp1_logits, tp1_padded_vocab_logits, tp1_parameter_counts,
                              tp1_perturbation_effects)
 
 
@@ -40,3 +40,14 @@ def test_bf16_model_runs_in_bf16_and_tracks_the_fp32_loss():
     [(bf16_loss, fp32_loss, dtypes)] = run_on_ranks(1, tp1_bf16_loss)
     assert dtypes == {torch.bfloat16}
     assert abs(bf16_loss - fp32_loss) / fp32_loss < 2e-2
+
+
+def test_padded_vocabulary_rows_take_no_softmax_mass():
+    real = 200  # padded to 256 (make_vocab_size_divisible_by=128)
+    [(ours, ref, batch)] = run_on_ranks(1, tp1_padded_vocab_logits, real)
+    rows = batch["segment_ids"] >= 0
+    assert torch.isinf(ours[..., real:]).all() and (ours[..., real:] < 0).all()
+    # Over the true vocabulary the distribution is the reference's, renormalised to those rows.
+    ours_lp = torch.log_softmax(ours[..., :real], -1)[rows]
+    ref_lp = torch.log_softmax(ref[..., :real], -1)[rows]
+    assert (ours_lp - ref_lp).abs().max() <= 1e-5
