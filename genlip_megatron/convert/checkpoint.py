@@ -1,8 +1,7 @@
 """A megatron-core training checkpoint -> FULL megatron-core state dict, in one process, no process group.
 
-The entry point eval/loading.py looks for (`_MCORE_GATHER`): it replaces the single-process model
-rebuild of eval/megatron_checkpoint.py with a direct read of the stored global tensors
-(checkpoint_reader.py), which works for any saving layout and for TE-spec checkpoints on CPU.
+A direct read of the stored global tensors (checkpoint_reader.py): works for any saving layout and for
+TE-spec checkpoints on CPU. Used by evaluation (eval/loading.py).
 Holds the whole model in memory; `genlip convert to-hf` is the streaming path.
 """
 

@@ -16,8 +16,8 @@ import torch
 from genlip_megatron.data.tokenizer import Tokenizer
 from genlip_megatron.eval import report
 from genlip_megatron.eval.datasets import load_jsonl_split, load_zero_shot
-from genlip_megatron.eval.loading import random_model
-from genlip_megatron.eval.megatron_checkpoint import CONFIG_NAME, load_megatron_checkpoint, resolve_checkpoint
+from genlip_megatron.eval.loading import load_checkpoint_model, random_model
+from genlip_megatron.eval.megatron_checkpoint import CONFIG_NAME, resolve_checkpoint
 from genlip_megatron.eval.suite import EvalSettings, evaluate_model, evaluate_pixels
 
 EXAMPLES = 8
@@ -39,7 +39,7 @@ def _examples_figure(out: str, test, names: list[str], metrics: dict) -> str:
 
 
 def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict) -> str:
-    model, cfg = load_megatron_checkpoint(run_dir)
+    model, cfg = load_checkpoint_model(run_dir)
     tokenizer = Tokenizer.from_file(paths["tokenizer"])
     size = cfg.data.image_size
     start = time.perf_counter()

@@ -4,15 +4,13 @@ init, the baseline of the same size), or from a full megatron-core state dict in
 Evaluation always runs on the HF reference model, in one process: the numbers then do not depend on
 the parallel layout the model was trained with, and an exported folder is evaluated by the same code.
 
-NOTE (gap, owned by conversion): training writes megatron dist_checkpointing folders. Gathering one
-into a FULL megatron-core state dict is conversion's job; `load_model` uses conversion's function once
-it exists (`_MCORE_GATHER`) and until then the single-process stop-gap in megatron_checkpoint.py.
-`model_from_mcore_state_dict` is the step after either gather.
+Training writes megatron dist_checkpointing folders; conversion's reader
+(`convert.checkpoint.load_full_mcore_state_dict`) gathers one into a FULL megatron-core state dict
+without a process group, and `model_from_mcore_state_dict` maps it onto the HF model.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import torch
@@ -21,10 +19,6 @@ from genlip_megatron.config.schema import ModelConfig
 from genlip_megatron.convert.mcore_names import mcore_to_hf
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 from genlip_megatron.hf.modeling_genlip import GenLIPModel
-
-# Where a megatron-checkpoint -> full state dict function is looked for, once conversion lands:
-# (module, function(checkpoint_dir) -> (full mcore state dict, Config)).
-_MCORE_GATHER = ("genlip_megatron.convert.checkpoint", "load_full_mcore_state_dict")
 
 
 def hf_config_from_model_config(model: ModelConfig, vocab_size: int | None = None) -> GenLIPConfig:
@@ -75,12 +69,13 @@ def load_model(path: str) -> GenLIPModel:
     (megatron dist_checkpointing). Returned in eval mode, fp32."""
     if os.path.isfile(os.path.join(path, "config.json")):
         return GenLIPModel.from_pretrained(path, torch_dtype=torch.float32).eval()
-    module_name, function = _MCORE_GATHER
-    try:
-        gather = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError):
-        from genlip_megatron.eval.megatron_checkpoint import load_megatron_checkpoint
+    return load_checkpoint_model(path)[0]
 
-        return load_megatron_checkpoint(path)[0]  # stop-gap reader, see megatron_checkpoint.py
-    state_dict, config = gather(path)
-    return model_from_mcore_state_dict(state_dict, config.model)
+
+def load_checkpoint_model(path: str):
+    """Run directory or checkpoint folder -> (HF GenLIPModel in eval mode, the run's Config)."""
+    from genlip_megatron.convert.checkpoint import load_full_mcore_state_dict
+
+    state_dict, config = load_full_mcore_state_dict(path)
+    state_dict = {k: v.float() for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    return model_from_mcore_state_dict(state_dict, config.model), config
