@@ -13,7 +13,7 @@ from typing import Optional
 
 @dataclass
 class ModelConfig:
-    """GenLIP trunk and heads (../shared/genlip.md). Defaults are the L/16 preset."""
+    """GenLIP trunk and heads (docs/sources.md). Defaults are the L/16 preset."""
 
     objective: str = "genlip"  # "genlip" | "aimv2"
     hidden_size: int = 1024

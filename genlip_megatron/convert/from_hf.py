@@ -126,7 +126,7 @@ def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source:
     from genlip_megatron.model.genlip import GenLIPModel
     from genlip_megatron.model.transformer_config import genlip_transformer_config
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
-    from genlip_megatron.training.checkpoint import FORMAT_VERSION, sharding_metadata, parallel_layout
+    from genlip_megatron.training.checkpoint import FORMAT_VERSION, parallel_layout, sharding_metadata
 
     single = dataclasses.replace(
         cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,

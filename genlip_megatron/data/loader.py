@@ -86,7 +86,7 @@ class PackedLoader:
     def __iter__(self) -> Iterator[dict]:
         schedule = RankSchedule(**self.schedule_args, start_consumed=self.consumed_samples)
         per_step = schedule.micro_batches_per_step
-        pipe, base = None, 0
+        pipe = None
         iteration = 0
         while True:
             if iteration % per_step == 0:
@@ -96,7 +96,7 @@ class PackedLoader:
                 rows, images = self._reference_images(schedule, rows)
             else:
                 if pipe is None:
-                    pipe, base = self._build_pipeline(schedule, iteration), iteration
+                    pipe = self._build_pipeline(schedule, iteration)
                 try:
                     images = run_image_pipeline(pipe)
                 except RuntimeError as err:  # a JPEG body DALI cannot decode fails the whole batch

@@ -21,7 +21,7 @@ from genlip_megatron.eval.megatron_checkpoint import CONFIG_NAME, resolve_checkp
 from genlip_megatron.eval.suite import EvalSettings, evaluate_model, evaluate_pixels
 
 EXAMPLES = 8
-# What the official GenLIP code reached in the same setting (../shared/notes/data-stack.md, 2026-11-21).
+# What the official GenLIP code reached in the same setting (docs/sources.md, measured 2026-11-21).
 REFERENCE = ("official GenLIP code, width 128 x 4 layers, batch 64, 1,463 steps in 7 min on 2 CPU threads: "
              "zero-shot top-1 0.833 (summed, one template, 1,000 test images), random init 0.11, "
              "raw-pixel logistic regression 0.828")

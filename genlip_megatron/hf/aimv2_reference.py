@@ -1,7 +1,7 @@
 """AIMv2 in plain torch: the single-process reference of the megatron-core AIMv2 (no megatron import).
 
 AIMv2: "Multimodal Autoregressive Pre-training of Large Vision Encoders" (arXiv 2411.14402); facts in
-../shared/genlip.md. A prefix-attention ViT encoder (patch conv + RMSNorm, absolute position
+docs/sources.md. A prefix-attention ViT encoder (patch conv + RMSNorm, absolute position
 embedding, RMSNorm pre-norm blocks without biases, SwiGLU) feeds a causal decoder that reads
 [projected image features][caption tokens] and predicts the next patch (pixel head, per-patch
 normalised target, MSE on non-prefix patches) and the next token (text head, CE).

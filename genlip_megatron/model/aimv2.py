@@ -1,7 +1,7 @@
 """AIMv2 on megatron-core: a prefix-attention ViT encoder and a causal multimodal decoder.
 
 "Multimodal Autoregressive Pre-training of Large Vision Encoders" (arXiv 2411.14402); facts in
-../shared/genlip.md, design and verification in docs/aimv2.md. One instance is one pipeline stage:
+docs/sources.md, design and verification in docs/aimv2.md. One instance is one pipeline stage:
 
     encoder stage: image patches -> compact stream [Si, B] -> patch embedding -> encoder blocks
                    (random-prefix mask) -> RMSNorm -> projection to the decoder width, scattered

@@ -44,7 +44,10 @@ def compact_images(is_image, segment_ids, position_ids, image_prefix, multiple: 
     index = torch.sort((~is_image).to(torch.int8), dim=1, stable=True).indices
     index = torch.nn.functional.pad(index, (0, max(length - index.shape[1], 0)))[:, :length]
     valid = torch.arange(length, device=is_image.device)[None, :] < counts[:, None]
-    take = lambda t: t.gather(1, index)
+
+    def take(t):
+        return t.gather(1, index)
+
     return CompactImages(index=index, valid=valid,
                          segment_ids=take(segment_ids).masked_fill(~valid, -1),
                          prefix=take(image_prefix) & valid,

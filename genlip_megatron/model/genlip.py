@@ -1,7 +1,7 @@
 """GenLIP on megatron-core: one transformer over [image patches][text] with a prefix-LM mask.
 
 "Let ViT Speak: Generative Language-Image Pre-training" (arXiv 2605.00809); architecture facts in
-../shared/genlip.md and the batch contract in docs/batch.md. One instance is one pipeline stage
+docs/sources.md and the batch contract in docs/batch.md. One instance is one pipeline stage
 (or one virtual stage): the first stage embeds, the last applies ln_post -> proj -> lm_head and the
 caption loss, every stage runs its slice of the blocks with interleaved MRoPE.
 

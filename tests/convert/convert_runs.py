@@ -7,7 +7,6 @@ multiple of the padding unit (so the padded rows of embedding and lm_head must b
 from __future__ import annotations
 
 import torch
-
 from packed_batch import packed_batch
 
 TINY = [

@@ -7,11 +7,11 @@ rounding inside the resampler (DALI resizes in two separable passes at its own i
 
 import numpy as np
 import pytest
+from toy_dataset import photo_samples
 
 from genlip_megatron.data.dali_pipeline import ImageItem, build_image_pipeline, run_image_pipeline
 from genlip_megatron.data.image_geometry import ImageGeometry, native_size
 from genlip_megatron.data.reference_decode import reference_process
-from toy_dataset import photo_samples
 
 MEAN_LEVELS, MAX_LEVELS = 0.5, 12.0
 

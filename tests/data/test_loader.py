@@ -5,12 +5,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from toy_dataset import ListDataset, ToySample, fashion_samples, sample_ids
 
 from genlip_megatron.data.image_geometry import ImageGeometry
 from genlip_megatron.data.loader import BadDataError, PackedLoader
 from genlip_megatron.data.sample_sequence import TextLayout
 from genlip_megatron.data.sampler import GlobalOrder
-from toy_dataset import ListDataset, ToySample, fashion_samples, sample_ids
 
 GEOMETRY = ImageGeometry(patch_size=4, image_size=28)  # Fashion-MNIST: 49 patches per image
 TEXT = TextLayout(prompt_ids=(7, 8), end_ids=(9,), max_caption_tokens=16)
@@ -33,7 +33,7 @@ def _global_steps(dp_size, num_steps, consumed=0, decoder="reference"):
     """Rows of each global step, reassembled from all ranks (global row j lives on rank j % D)."""
     per_rank = GLOBAL_BATCH // dp_size
     loaders = [_loader(r, dp_size, consumed, decoder) for r in range(dp_size)]
-    iters = [iter(l) for l in loaders]
+    iters = [iter(loader) for loader in loaders]
     steps = []
     for _ in range(num_steps):
         micro = [[next(it) for _ in range(per_rank)] for it in iters]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from genlip_megatron.data.packing import Slot, pack_sequences, plan_step
+from genlip_megatron.data.packing import pack_sequences, plan_step
 from genlip_megatron.data.sample_sequence import IGNORE_INDEX, TextLayout, build_sample_sequence, patchify
 from genlip_megatron.data.sampler import GlobalOrder
 

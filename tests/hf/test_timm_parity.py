@@ -17,7 +17,7 @@ from genlip_tiny import tiny_model
 from genlip_megatron.convert.timm_names import naflexvit_kwargs, to_timm_state_dict
 
 timm = pytest.importorskip("timm")
-from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
+from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg  # noqa: E402 - after the importorskip
 
 
 @pytest.mark.parametrize("width,section", [(64, [2, 3, 3]), (256, [8, 12, 12]), (96, [4, 4, 4])])

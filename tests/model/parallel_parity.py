@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-
 from packed_batch import packed_batch
 
 HIDDEN, HEADS, LAYERS, FFN, TEXT_DIM, VOCAB, PATCH = 64, 4, 4, 96, 48, 256, 4
@@ -87,12 +86,19 @@ def _forward_step(data_iterator, model):
 def parallel_loss_and_grads(layout: dict):
     """Run on every rank (harness sets TP/PP/VPP). Returns (loss or None, {global name: grad})."""
     from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from genlip_megatron.convert.mcore_names import gather_tp_slices, global_name, hf_to_mcore
-    from genlip_megatron.convert.mcore_names import shard_for_model
+    from genlip_megatron.convert.mcore_names import (
+        gather_tp_slices,
+        global_name,
+        hf_to_mcore,
+        shard_for_model,
+    )
     from genlip_megatron.model.genlip import GenLIPModel
     from genlip_megatron.model.transformer_config import genlip_transformer_config
 

@@ -73,7 +73,10 @@ def test_prefix_draw_is_deterministic_uniform_and_a_leading_run():
 
     b = micro_batches()[0]
     seg, img = b["segment_ids"], b["is_image"]
-    draw = lambda key: random_image_prefix(seg, img, 7, key)
+
+    def draw(key):
+        return random_image_prefix(seg, img, 7, key)
+
     assert torch.equal(draw(3), draw(3)) and not torch.equal(draw(3), draw(4))
     lengths = []
     for key in range(300):

@@ -3,10 +3,14 @@ parameter count, vocabulary padding."""
 
 import pytest
 import torch
-
 from multiproc import run_on_ranks
-from parallel_parity import (tp1_bf16_loss, tp1_logits, tp1_padded_vocab_logits, tp1_parameter_counts,
-                             tp1_perturbation_effects)
+from parallel_parity import (
+    tp1_bf16_loss,
+    tp1_logits,
+    tp1_padded_vocab_logits,
+    tp1_parameter_counts,
+    tp1_perturbation_effects,
+)
 
 
 @pytest.mark.parametrize("attention", ["dense", "fused"])

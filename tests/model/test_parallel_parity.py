@@ -2,8 +2,6 @@
 plain-torch reference (fp32, dropout and drop-path off, a pack of samples of different lengths)."""
 
 import pytest
-import torch
-
 from multiproc import run_on_ranks
 from parallel_parity import parallel_loss_and_grads, reference_loss_and_grads
 

@@ -3,10 +3,10 @@
 import math
 
 import torch
+from packed_batch import packed_batch
 
 from genlip_megatron.hf.masks import prefix_lm_allowed
 from genlip_megatron.model.varlen_attention import prefix_lm_spans, prefix_lm_varlen_attention
-from packed_batch import packed_batch
 
 ROWS = [[(3, 4, 9), (2, 3, 8), (1, 1, 2)], [(4, 4, 12), (3, 3, 7)], [(2, 2, 3)]]
 SEQ = 48
