@@ -64,7 +64,7 @@ def _child(mode: str, checkpoint: str, out: str) -> None:
     # The baseline imports everything the conversion imports: only the conversion's data differs.
     import genlip_megatron.convert.hf_folder  # noqa: F401
     import genlip_megatron.hf.modeling_genlip  # noqa: F401
-    from genlip_megatron.convert.checkpoint_reader import CheckpointReader
+    from genlip_megatron.checkpoint.reader import CheckpointReader
     from genlip_megatron.convert.to_hf import export_to_hf
 
     reader = CheckpointReader(checkpoint)

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genlip_megatron.convert.checkpoint_reader import ConversionError
+    from genlip_megatron.checkpoint.reader import ConversionError
 
     try:
         if args.direction == "to-hf":

@@ -7,7 +7,7 @@ Holds the whole model in memory; `genlip convert to-hf` is the streaming path.
 
 from __future__ import annotations
 
-from genlip_megatron.convert.checkpoint_reader import CheckpointReader
+from genlip_megatron.checkpoint.reader import CheckpointReader
 from genlip_megatron.convert.to_hf import check_matches, run_config
 
 

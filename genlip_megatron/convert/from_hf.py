@@ -8,7 +8,7 @@ How: dist_checkpointing stores every tensor under its GLOBAL name and shape, and
 the files do not depend on the layout that wrote them, with one exception: the vocabulary rows are
 padded to a multiple of make_vocab_size_divisible_by x TP. So one CPU process (a world of one, TP1
 PP1) builds the megatron-core model with the vocabulary padded for the TARGET TP, loads the mapped
-weights (convert.mcore_names) and saves its own sharded_state_dict the way training/checkpoint.py does
+weights (convert.mcore_names) and saves its own sharded_state_dict the way checkpoint/sharded.py does
 (format_version, iteration 0, layout, config). --tp/--pp also validate that the model splits.
 
 Only the local layer spec is written (the TE spec fuses the pre-norms into the linears: another name
@@ -25,9 +25,9 @@ import socket
 import torch
 from safetensors import safe_open
 
+from genlip_megatron.checkpoint.reader import ConversionError
 from genlip_megatron.config.load import config_to_dict, load_config, save_config
 from genlip_megatron.config.schema import Config, padded_vocab_size
-from genlip_megatron.convert.checkpoint_reader import ConversionError
 from genlip_megatron.convert.mcore_names import hf_to_mcore
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
@@ -122,11 +122,11 @@ def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source:
     """World of one: build the whole model at TP1 PP1, load `full`, save like training does."""
     from megatron.core import dist_checkpointing
 
+    from genlip_megatron.checkpoint.sharded import FORMAT_VERSION, parallel_layout, sharding_metadata
     from genlip_megatron.convert.mcore_names import shard_for_model
     from genlip_megatron.model.genlip import GenLIPModel
     from genlip_megatron.model.transformer_config import genlip_transformer_config
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
-    from genlip_megatron.training.checkpoint import FORMAT_VERSION, parallel_layout, sharding_metadata
 
     single = dataclasses.replace(
         cfg, parallel=dataclasses.replace(cfg.parallel, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,

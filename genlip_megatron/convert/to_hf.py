@@ -20,14 +20,14 @@ import tempfile
 import torch
 import yaml
 
+from genlip_megatron.checkpoint.reader import CheckpointReader, ConversionError
 from genlip_megatron.config.load import ConfigError, load_config
 from genlip_megatron.config.schema import padded_vocab_size
-from genlip_megatron.convert.checkpoint_reader import CheckpointReader, ConversionError
 from genlip_megatron.convert.mcore_names import iter_mcore_to_hf
 from genlip_megatron.convert.safetensors_stream import ShardedSafetensorsWriter
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
-CONFIG_NAME = "config.yaml"  # written into every checkpoint folder by training/checkpoint.py
+CONFIG_NAME = "config.yaml"  # written into every checkpoint folder by checkpoint/sharded.py
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from genlip_megatron.convert.checkpoint_reader import ConversionError
+from genlip_megatron.checkpoint.reader import ConversionError
 from genlip_megatron.convert.timm_names import TEXT_ONLY_PREFIXES, naflexvit_kwargs, to_timm_state_dict
 
 TIMM_CONFIG = "timm_config.json"
@@ -40,7 +40,7 @@ def _trunk_from_hf_folder(folder: str):
 
 
 def _trunk_from_checkpoint(path: str):
-    from genlip_megatron.convert.checkpoint_reader import CheckpointReader
+    from genlip_megatron.checkpoint.reader import CheckpointReader
     from genlip_megatron.convert.to_hf import check_matches, hf_config, hf_tensors, run_config
 
     reader = CheckpointReader(path)

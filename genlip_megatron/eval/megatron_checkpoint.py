@@ -10,7 +10,7 @@ import os
 
 from genlip_megatron.config.load import load_config
 
-CONFIG_NAME = "config.yaml"  # written into every checkpoint folder by training/checkpoint.py
+CONFIG_NAME = "config.yaml"  # written into every checkpoint folder by checkpoint/sharded.py
 LATEST_NAME = "latest"
 
 

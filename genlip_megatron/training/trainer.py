@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from genlip_megatron.checkpoint.run_dir import read_latest
+from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
 from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.validate import check
 from genlip_megatron.runtime import device as device_lib
 from genlip_megatron.training import faults
 from genlip_megatron.training.batches import build_batch_source
-from genlip_megatron.training.checkpoint import load_checkpoint, save_checkpoint
 from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.model_setup import build_training_modules
-from genlip_megatron.training.run_dir import read_latest
 from genlip_megatron.training.step import current_lr, train_step
 
 log = logging.getLogger("genlip_megatron.train")

@@ -51,7 +51,7 @@ def train(run_dir: str, tp: int, pp: int, overrides: list[str] = ()) -> dict:
 
 
 def _load_modules(path: str, tp: int, pp: int):
-    from genlip_megatron.training.checkpoint import load_checkpoint
+    from genlip_megatron.checkpoint.sharded import load_checkpoint
     from genlip_megatron.training.model_setup import build_training_modules
 
     cfg = tiny_config([], tp, pp)
@@ -93,7 +93,7 @@ def logits_and_features(path: str, tp: int, pp: int):
 
 def load_and_resave(path: str, run_dir: str, tp: int, pp: int) -> None:
     """Load weights into this layout and save them again as a training checkpoint of this layout."""
-    from genlip_megatron.training.checkpoint import save_checkpoint
+    from genlip_megatron.checkpoint.sharded import save_checkpoint
 
     cfg, modules = _load_modules(path, tp, pp)
     cfg.checkpoint.dir = run_dir

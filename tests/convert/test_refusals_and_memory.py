@@ -13,7 +13,7 @@ import pytest
 import torch
 from convert_runs import reference_hf_model
 
-from genlip_megatron.convert.checkpoint_reader import ConversionError
+from genlip_megatron.checkpoint.reader import ConversionError
 from genlip_megatron.convert.from_hf import import_from_hf
 from genlip_megatron.convert.to_hf import export_to_hf
 

@@ -8,7 +8,7 @@ arithmetic is the same. Drop-path is on, so the restored RNG streams matter too.
 from multiproc import run_on_ranks
 from tiny_runs import RankProcesses, layout, train_in_pool, wait_for
 
-from genlip_megatron.training.run_dir import checkpoint_iterations, iteration_of, read_latest
+from genlip_megatron.checkpoint.run_dir import checkpoint_iterations, iteration_of, read_latest
 
 TOTAL = 4  # schedule.train_iters; the kill comes after step N = 2
 N = 2

@@ -9,8 +9,8 @@ import signal
 
 from tiny_runs import RankProcesses, read_metrics, wait_for
 
+from genlip_megatron.checkpoint.run_dir import iteration_of, read_latest
 from genlip_megatron.training.faults import EXIT_REQUEUE
-from genlip_megatron.training.run_dir import iteration_of, read_latest
 
 
 def test_sigterm_saves_within_one_step_and_exits_with_the_requeue_code(tmp_path):

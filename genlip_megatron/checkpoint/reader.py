@@ -5,7 +5,7 @@ metadata lists every tensor's GLOBAL shape and the stored chunks (one per saving
 `load(name)` reads only the chunks that overlap the requested tensor. Memory therefore stays at
 about one tensor (plus one stored chunk) whatever the model size and the layout it was saved in.
 
-What a training checkpoint looks like on disk (training/checkpoint.py, mcore 0.16.1):
+What a training checkpoint looks like on disk (checkpoint/sharded.py, mcore 0.16.1):
     metadata.json   {"sharded_backend": "torch_dist", ...}
     .metadata       torch DCP metadata; __<rank>_<n>.distcp data files
     common.pt       rank 0's non-tensor state: format_version, iteration, config (dict), layout, ...
@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-LATEST = "latest"  # run-directory marker (training/run_dir.py)
+LATEST = "latest"  # run-directory marker (checkpoint/run_dir.py)
 _STACKED = "decoder.layers."
 NON_MODEL_PREFIXES = ("optimizer.", "rng_state")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from genlip_megatron.checkpoint import run_dir as layout
 from genlip_megatron.config.load import config_to_dict, save_config
-from genlip_megatron.training import run_dir as layout
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from genlip_megatron.training.run_dir import (
+from genlip_megatron.checkpoint.run_dir import (
     checkpoint_iterations,
     checkpoint_path,
     iteration_of,
