@@ -16,7 +16,7 @@ class ModelConfig:
     """GenLIP trunk and heads (docs/sources.md). Defaults are the L/16 preset."""
 
     objective: str = "genlip"  # "genlip" | "aimv2"
-    hidden_size: int = 1024
+    hidden_size: int = 1152
     num_layers: int = 24
     num_attention_heads: int = 16
     ffn_hidden_size: int = 2752  # SwiGLU hidden width
@@ -29,7 +29,8 @@ class ModelConfig:
     layer_scale_init: float = 0.1
     drop_path_rate: float = 0.1
     rope_theta: float = 10000.0
-    mrope_section: list[int] = field(default_factory=lambda: [8, 12, 12])  # (T, H, W), sums to head_dim/2
+    # (T, H, W) frequency counts of the interleaved MRoPE; only H and W are read (hf/mrope_sections.py)
+    mrope_section: list[int] = field(default_factory=lambda: [8, 12, 12])
     init_method_std: float = 0.02
     layer_spec: str = "local"  # "local" (pure torch, CPU) | "te" (Transformer Engine, GPU, FP8)
     attention: str = "dense"  # "dense" (S x S bool mask; CPU reference) | "fused" (no S x S mask)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.schema import Config, head_dim
+from genlip_megatron.hf.mrope_sections import mrope_section_problem
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.objective": ("genlip", "aimv2"),
@@ -90,12 +91,11 @@ def _model(cfg: Config, bad: set[str]) -> list[str]:
         out.append(_not_divisible("model.decoder_hidden_size", m.decoder_hidden_size,
                                   "model.decoder_num_attention_heads", m.decoder_num_attention_heads))
     if m.objective == "genlip" and heads_ok and m.hidden_size % m.num_attention_heads == 0:
-        half = head_dim(m) / 2
-        if len(m.mrope_section) != 3 or min(m.mrope_section) < 0:
-            out.append(f"model.mrope_section={m.mrope_section} must be three non-negative counts (T, H, W)")
-        elif sum(m.mrope_section) != half:
-            out.append(f"model.mrope_section={m.mrope_section} sums to {sum(m.mrope_section)}, but "
-                       f"head_dim/2 = {m.hidden_size}/{m.num_attention_heads}/2 = {half:g}")
+        # The interleaved rule reads only the H and W counts; see hf/mrope_sections.py.
+        problem = mrope_section_problem(m.mrope_section, head_dim(m))
+        if problem:
+            out.append(f"model.mrope_section={m.mrope_section} {problem} "
+                       f"(head_dim = {m.hidden_size}/{m.num_attention_heads})")
     # NOTE: padded vocab = a multiple of make_vocab_size_divisible_by x TP, so it splits evenly across
     # TP ranks exactly when that multiple is positive; this is the only way the split can fail.
     if m.make_vocab_size_divisible_by <= 0:

@@ -1,8 +1,10 @@
 """Hugging Face GenLIP folder (official weights or our export) -> megatron-core training checkpoint.
 
-The result loads into the trainer under the requested layout with
-`checkpoint.load=OUT checkpoint.finetune=true` (weights only: optimizer, schedule and data start fresh),
-e.g. stage 2 starting from stage 1.
+The result loads into the trainer under the requested layout: OUT/config.yaml already says
+`checkpoint.load=OUT checkpoint.finetune=true` (weights only: optimizer, schedule and data start
+fresh), so `genlip train OUT/config.yaml data.manifest=... checkpoint.dir=...` continues from the
+weights; any other run config can point at OUT the same way (e.g. stage 2 starting from stage 1).
+The saved config is validated here, so an official config.json never needs a hand edit.
 
 How: dist_checkpointing stores every tensor under its GLOBAL name and shape, and reshards on load, so
 the files do not depend on the layout that wrote them, with one exception: the vocabulary rows are
@@ -28,6 +30,7 @@ from safetensors import safe_open
 from genlip_megatron.checkpoint.reader import ConversionError
 from genlip_megatron.config.load import config_to_dict, load_config, save_config
 from genlip_megatron.config.schema import Config, padded_vocab_size
+from genlip_megatron.config.validate import validate
 from genlip_megatron.convert.mcore_names import hf_to_mcore
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
@@ -90,15 +93,34 @@ def read_hf_weights(folder: str, config: GenLIPConfig) -> dict[str, torch.Tensor
     return tensors
 
 
-def run_config_from_hf(config: GenLIPConfig, base: str | None, tp: int, pp: int, vpp: int | None) -> Config:
-    """The run config: `base` (preset or YAML; default the schema defaults) with the model section
-    taken from config.json and the parallel layout from the arguments."""
+STAGE1_PRESETS = ("genlip_l16", "genlip_so16", "genlip_g16")  # one per official model config
+
+
+def default_base(config: GenLIPConfig) -> str | None:
+    """The stage-1 preset of exactly this model shape (an official config.json), else None."""
+    shape = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
+             config.patch_size, config.text_embed_dim, config.vocab_size)
+    for name in STAGE1_PRESETS:
+        m = load_config(name).model
+        if shape == (m.hidden_size, m.num_layers, m.num_attention_heads, m.ffn_hidden_size, m.patch_size,
+                     m.text_embed_dim or m.hidden_size, m.vocab_size):
+            return name
+    return None
+
+
+def run_config_from_hf(config: GenLIPConfig, base: str | None, tp: int, pp: int, vpp: int | None,
+                       checkpoint: str | None = None) -> Config:
+    """The run config: `base` (preset or YAML; default: the stage-1 preset of the same model shape,
+    else the schema defaults) with the model section taken from config.json, the parallel layout
+    from the arguments and, when `checkpoint` is given, `checkpoint.load` pointing at it (weights
+    only), so `genlip train OUT/config.yaml` continues from the converted weights with no edit."""
+    base = base or default_base(config)
     cfg = load_config(base) if base else Config()
     m = dataclasses.replace(
         cfg.model, objective="genlip", hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads, ffn_hidden_size=config.intermediate_size,
         patch_size=config.patch_size, num_channels=config.num_channels,
-        text_embed_dim=None if config.text_embed_dim == config.hidden_size else config.text_embed_dim,
+        text_embed_dim=config.text_embed_dim,
         vocab_size=config.vocab_size, layer_norm_eps=config.layer_norm_eps,
         layer_scale_init=config.ls_init_value, drop_path_rate=config.drop_path_rate,
         rope_theta=float(config.rope_theta), mrope_section=list(config.mrope_section),
@@ -109,7 +131,14 @@ def run_config_from_hf(config: GenLIPConfig, base: str | None, tp: int, pp: int,
         raise ConversionError(f"--tp {tp} does not divide {m.num_attention_heads} heads / ffn {m.ffn_hidden_size}")
     if m.num_layers % (pp * (vpp or 1)):
         raise ConversionError(f"{m.num_layers} layers do not split into --pp {pp} x --vpp {vpp or 1} stages")
-    return dataclasses.replace(cfg, model=m, parallel=p)
+    cfg = dataclasses.replace(cfg, model=m, parallel=p)
+    if checkpoint is not None:
+        cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(
+            cfg.checkpoint, load=os.path.abspath(checkpoint), finetune=True))
+    problems = validate(cfg)
+    if problems:
+        raise ConversionError("the run config would not train: " + "; ".join(problems))
+    return cfg
 
 
 def _free_port() -> int:
@@ -160,7 +189,7 @@ def import_from_hf(folder: str, out: str, *, tp: int = 1, pp: int = 1, vpp: int 
     """Convert the HF folder into the checkpoint folder `out` (must not hold a checkpoint yet)."""
     config = read_hf_config(folder)
     tensors = read_hf_weights(folder, config)
-    cfg = run_config_from_hf(config, base_config, tp, pp, vpp)
+    cfg = run_config_from_hf(config, base_config, tp, pp, vpp, checkpoint=out)
     if os.path.exists(os.path.join(out, "metadata.json")):
         raise ConversionError(f"{out} already holds a checkpoint; choose an empty folder")
     padded = padded_vocab_size(cfg.model, tp)

@@ -19,13 +19,14 @@ from transformers import PretrainedConfig
 
 
 class GenLIPConfig(PretrainedConfig):
-    """One trunk for image patches and text tokens. Defaults: the L/16 preset (width 1024, see genlip.md)."""
+    """One trunk for image patches and text tokens. Defaults: the official L/16 trunk (width 1152, head_dim 72);
+    text_embed_dim defaults to the width, as in the official class."""
 
     model_type = "genlip"
 
     def __init__(
         self,
-        hidden_size: int = 1024,
+        hidden_size: int = 1152,
         intermediate_size: int = 2752,
         num_hidden_layers: int = 24,
         num_attention_heads: int = 16,

@@ -46,11 +46,11 @@ def test_preset_file_starts_with_the_command_that_runs_it(name):
 
 
 @pytest.mark.parametrize("name, width, depth, ffn, text_dim, section, drop_path", [
-    ("genlip_l16", 1024, 24, 2752, 1024, [8, 12, 12], 0.1),
+    ("genlip_l16", 1152, 24, 2752, 1024, [8, 12, 12], 0.1),
     ("genlip_so16", 1152, 27, 3072, 1152, [12, 12, 12], 0.1),
     ("genlip_g16", 1536, 40, 4096, 1024, [16, 16, 16], 0.2),
 ])
-def test_size_presets_match_the_paper_table(name, width, depth, ffn, text_dim, section, drop_path):
+def test_size_presets_match_the_official_model_configs(name, width, depth, ffn, text_dim, section, drop_path):
     m = load_config(name).model
     assert (m.hidden_size, m.num_layers, m.num_attention_heads, m.ffn_hidden_size) == (width, depth, 16, ffn)
     assert (m.text_embed_dim, m.mrope_section, m.drop_path_rate) == (text_dim, section, drop_path)

@@ -51,14 +51,25 @@ def test_hidden_size_must_divide_by_heads():
         "model.hidden_size=130 is not divisible by model.num_attention_heads=4"]
 
 
-def test_mrope_section_must_sum_to_half_the_head_dim():
-    assert problems(CPU, "model.mrope_section=[4,4,4]") == [
-        "model.mrope_section=[4, 4, 4] sums to 12, but head_dim/2 = 128/4/2 = 16"]
+def test_mrope_section_may_leave_frequencies_to_t_without_summing_to_half_the_head_dim():
+    # The official L/16: head_dim 72 has 36 frequencies; H and W take 12 each, the T count (8) is unread.
+    assert problems(GPU, "model.mrope_section=[8,12,12]", "model.hidden_size=1152") == []
+    assert problems(CPU, "model.mrope_section=[0,5,5]") == []  # head_dim/2 = 16: 5 H and 5 W slots
+
+
+def test_mrope_section_must_not_ask_for_more_h_or_w_frequencies_than_the_head_has():
+    # The old L/16 mistake: width 1024 gives head_dim/2 = 32, with room for only 11 H and 10 W slots.
+    assert problems(GPU, "model.hidden_size=1024") == [
+        "model.mrope_section=[8, 12, 12] asks for 12 H frequencies, but the interleaved rule finds only 11 "
+        "among head_dim/2 = 32 (every third frequency, below 3 x 12) (head_dim = 1024/16)"]
+    [line] = problems(CPU, "model.mrope_section=[0,5,6]")
+    assert line.startswith("model.mrope_section=[0, 5, 6] asks for 6 W frequencies, but the interleaved rule "
+                           "finds only 5 among head_dim/2 = 16")
 
 
 def test_mrope_section_must_have_three_axes():
     assert problems(CPU, "model.mrope_section=[8,8]") == [
-        "model.mrope_section=[8, 8] must be three non-negative counts (T, H, W)"]
+        "model.mrope_section=[8, 8] must be three non-negative counts (T, H, W) (head_dim = 128/4)"]
 
 
 def test_aimv2_decoder_width_must_divide_by_its_heads():

@@ -20,7 +20,7 @@ def test_tiny_cpu_preset_maps_to_the_hf_config():
     config = hf_config_from_model_config(model)
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (128, 4, 4)
     assert (config.intermediate_size, config.patch_size, config.vocab_size) == (344, 4, 512)
-    assert config.mrope_section == [4, 6, 6] and config.text_embed_dim == 128
+    assert config.mrope_section == [6, 5, 5] and config.text_embed_dim == 128
     assert config.ls_init_value == model.layer_scale_init
 
 

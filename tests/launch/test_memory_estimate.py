@@ -14,7 +14,7 @@ from genlip_megatron.config.load import load_config
 from launch.memory import Layout, memory_breakdown, total_params
 
 # Big enough that tensors, not interpreter overhead, set the peak; small enough for ~1 min on CPU.
-SMALL = ["model.hidden_size=256", "model.num_attention_heads=4", "model.mrope_section=[8,12,12]",
+SMALL = ["model.hidden_size=256", "model.num_attention_heads=4", "model.mrope_section=[10,11,10]",
          "model.ffn_hidden_size=688", "model.num_layers=4", "model.vocab_size=4096", "model.attention=fused",
          "data.seq_length=4096", "train.micro_batch_size=1", "train.global_batch_size=1",
          "train.synthetic_data=true", "schedule.train_iters=3", "checkpoint.dir=",
