@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 
+from genlip_megatron.checkpoint import run_dir as run_layout
 from genlip_megatron.config.schema import Config
 
 # Defaults exported before the ranks start; launch.env overrides any of them (docs/launch.md).
@@ -77,7 +78,7 @@ def resolve_paths(cfg: Config, submit_dir: str) -> None:
     cfg.data.eval_manifest = absolute(cfg.data.eval_manifest, submit_dir)
     cfg.logging.tensorboard_dir = absolute(cfg.logging.tensorboard_dir, submit_dir)
     cfg.launch.venv = absolute(cfg.launch.venv, submit_dir)
-    cfg.launch.log_dir = absolute(cfg.launch.log_dir or os.path.join(cfg.checkpoint.dir, "slurm"),
+    cfg.launch.log_dir = absolute(cfg.launch.log_dir or run_layout.slurm_dir(cfg.checkpoint.dir),
                                   submit_dir)
 
 

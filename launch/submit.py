@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+from genlip_megatron.checkpoint import run_dir as run_layout
 from genlip_megatron.config.load import ConfigError, load_config, preset_names, save_config
 from launch import checks, render
 
@@ -100,8 +101,8 @@ def _submit_shards(cfg, args, submit_dir: str) -> int:
         problems.append("--shards-args must not set --task-index/--num-tasks: the array sets them")
     if problems:
         return _fail(problems)
-    if not cfg.launch.log_dir or cfg.launch.log_dir == os.path.join(cfg.checkpoint.dir, "slurm"):
-        cfg.launch.log_dir = os.path.join(render.absolute(out_dir, submit_dir), "slurm")
+    if not cfg.launch.log_dir or cfg.launch.log_dir == run_layout.slurm_dir(cfg.checkpoint.dir):
+        cfg.launch.log_dir = run_layout.slurm_dir(render.absolute(out_dir, submit_dir))
     array, merge = render.shards_scripts(cfg, submit_dir, args.shards, build_args, out_dir,
                                          args.dependency, args.max_parallel)
     if args.dry_run:

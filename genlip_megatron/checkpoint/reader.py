@@ -28,26 +28,20 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-LATEST = "latest"  # run-directory marker (checkpoint/run_dir.py)
+from genlip_megatron.checkpoint.run_dir import (
+    DIST_METADATA_FILE,
+    CheckpointError,
+    read_run_config,
+    resolve_checkpoint,
+)
+
 _STACKED = "decoder.layers."
 NON_MODEL_PREFIXES = ("optimizer.", "rng_state")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-class ConversionError(ValueError):
-    """A conversion refused; str() is the one-line reason."""
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A run directory (follow `latest`) or a checkpoint folder -> the checkpoint folder."""
-    marker = os.path.join(path, LATEST)
-    if os.path.isfile(marker):
-        with open(marker, encoding="utf-8") as f:
-            path = os.path.join(path, f.read().strip())
-    if not os.path.isfile(os.path.join(path, "metadata.json")):
-        raise ConversionError(f"{path}: not a megatron distributed checkpoint (no metadata.json) "
-                              f"nor a run directory with a `{LATEST}` marker")
-    return path
+class ConversionError(CheckpointError):
+    """A conversion (or a read for one) refused; str() is the one-line reason."""
 
 
 class _ChunkPlanner:
@@ -74,7 +68,7 @@ class CheckpointReader(Mapping):
 
     def __init__(self, path: str):
         self.folder = resolve_checkpoint(path)
-        with open(os.path.join(self.folder, "metadata.json"), encoding="utf-8") as f:
+        with open(os.path.join(self.folder, DIST_METADATA_FILE), encoding="utf-8") as f:
             backend = json.load(f).get("sharded_backend")
         if backend != "torch_dist":
             raise ConversionError(f"{self.folder}: sharded backend {backend!r}, only torch_dist is supported")
@@ -120,6 +114,10 @@ class CheckpointReader(Mapping):
         missing = sorted(f for f in files if not os.path.isfile(os.path.join(self.folder, f)))
         if missing:
             raise ConversionError(f"{self.folder}: missing shard files {missing}")
+
+    def run_config(self):
+        """The training Config saved with the checkpoint (its YAML file, else the common state's)."""
+        return read_run_config(self.folder, self.common.get("config"))
 
     # ---- Mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:

@@ -1,16 +1,22 @@
-"""The run directory's layout: checkpoint folders, the `latest` marker, and pruning.
+"""The run directory: the one place that knows its layout and the names of everything in it.
 
     <checkpoint.dir>/
         latest                 "iter_0001000\n": the newest COMPLETE checkpoint (atomic replace)
         iter_0001000/          megatron dist_checkpointing (torch_dist) + config.yaml
         iter_0000500/
         metrics.jsonl          one JSON line per step (rank 0)
-        tensorboard/
+        tensorboard/           (unless logging.tensorboard_dir says otherwise)
+        save_now               touch it: the trainer checkpoints after the current step
+        slurm/                 job scripts and logs (unless launch.log_dir says otherwise)
 
 A checkpoint folder is complete only once `latest` names it: the marker is written by rank 0 after
 every rank finished writing, as a temporary file that is fsynced and then renamed over the old
 marker, so a crash at any instant leaves `latest` naming the old or the new checkpoint, never a
-partial one. Plain functions on paths; no process groups here.
+partial one. Every checkpoint folder carries the run's resolved config as `config.yaml`.
+
+Training (checkpoint/sharded.py), conversion and evaluation (checkpoint/reader.py) all find
+checkpoints and their configs through `resolve_checkpoint` and `read_run_config`.
+Plain functions on paths; no process groups, no torch.
 """
 
 from __future__ import annotations
@@ -19,10 +25,25 @@ import os
 import re
 import shutil
 
+from genlip_megatron.config.load import ConfigError, config_from_dict, load_config, save_config
+from genlip_megatron.config.schema import Config
+
 LATEST = "latest"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SAVE_NOW_FILE = "save_now"
+TENSORBOARD_DIR = "tensorboard"
+SLURM_DIR = "slurm"
+# Written by megatron-core's dist_checkpointing into every checkpoint folder (not our name to choose).
+DIST_METADATA_FILE = "metadata.json"
 _ITER_DIR = re.compile(r"^iter_(\d{7,})$")
 
 
+class CheckpointError(ValueError):
+    """A path that is not a usable checkpoint or run directory; str() is the one-line reason."""
+
+
+# -- names -------------------------------------------------------------------------------------
 def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
@@ -31,6 +52,34 @@ def checkpoint_path(run_dir: str, iteration: int) -> str:
     return os.path.join(run_dir, checkpoint_name(iteration))
 
 
+def metrics_path(run_dir: str) -> str:
+    return os.path.join(run_dir, METRICS_FILE)
+
+
+def save_now_path(run_dir: str) -> str:
+    return os.path.join(run_dir, SAVE_NOW_FILE)
+
+
+def tensorboard_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, TENSORBOARD_DIR)
+
+
+def slurm_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, SLURM_DIR)
+
+
+def config_path(checkpoint_folder: str) -> str:
+    return os.path.join(checkpoint_folder, CONFIG_FILE)
+
+
+def iteration_of(path: str) -> int:
+    match = _ITER_DIR.match(os.path.basename(os.path.normpath(path)))
+    if not match:
+        raise ValueError(f"{path} is not an iter_XXXXXXX checkpoint folder")
+    return int(match.group(1))
+
+
+# -- the `latest` marker -------------------------------------------------------------------------
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -62,13 +111,59 @@ def read_latest(run_dir: str) -> str | None:
     return os.path.join(run_dir, name)
 
 
-def iteration_of(path: str) -> int:
-    match = _ITER_DIR.match(os.path.basename(os.path.normpath(path)))
-    if not match:
-        raise ValueError(f"{path} is not an iter_XXXXXXX checkpoint folder")
-    return int(match.group(1))
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether `run_dir` holds a complete checkpoint (its `latest` marker exists)."""
+    return os.path.isfile(os.path.join(run_dir, LATEST))
 
 
+# -- finding checkpoints -------------------------------------------------------------------------
+def is_checkpoint_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, DIST_METADATA_FILE))
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run directory (follow `latest`) or a checkpoint folder -> the checkpoint folder.
+
+    Raises CheckpointError (one line) when `path` is neither.
+    """
+    if has_checkpoint(path):
+        path = read_latest(path)
+    if not is_checkpoint_folder(path):
+        raise CheckpointError(f"{path}: not a megatron distributed checkpoint (no {DIST_METADATA_FILE}) "
+                              f"nor a run directory with a `{LATEST}` marker")
+    return path
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether `path` is a run directory with a checkpoint, or a checkpoint folder."""
+    try:
+        resolve_checkpoint(path)
+        return True
+    except (CheckpointError, ValueError):
+        return False
+
+
+# -- the run's config ----------------------------------------------------------------------------
+def write_run_config(cfg: Config, checkpoint_folder: str) -> None:
+    save_config(cfg, config_path(checkpoint_folder))
+
+
+def read_run_config(checkpoint_folder: str, saved: dict | None = None) -> Config:
+    """The training Config of a checkpoint folder: its config.yaml, else `saved` (the config dict
+    stored in the checkpoint's common state). Raises CheckpointError when neither loads."""
+    path = config_path(checkpoint_folder)
+    try:
+        if os.path.isfile(path):
+            return load_config(path)
+        if isinstance(saved, dict):
+            return config_from_dict(saved)
+    except ConfigError as exc:
+        raise CheckpointError(f"{checkpoint_folder}: its config does not load: "
+                              f"{str(exc).splitlines()[0]}") from None
+    raise CheckpointError(f"{checkpoint_folder}: no {CONFIG_FILE} and no saved config")
+
+
+# -- housekeeping --------------------------------------------------------------------------------
 def checkpoint_iterations(run_dir: str) -> list[int]:
     """Iterations of every iter_* folder present (complete or not), ascending."""
     if not os.path.isdir(run_dir):

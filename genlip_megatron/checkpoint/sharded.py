@@ -6,7 +6,7 @@ What a checkpoint holds (one folder, run_dir.py has the layout):
                                   stored in model space, so TP/PP/DP may change on load
     rng_state                     per-rank RNG streams (python, numpy, torch, CUDA, megatron tracker)
     common (rank 0):              iteration, counters, lr-scheduler state, data-source state,
-                                  parallel layout, resolved config (also as config.yaml)
+                                  parallel layout, resolved config (also as a YAML file, run_dir.py)
 
 Loading reshards model and optimizer to the current layout. RNG streams are per rank, so they are
 restored only when the layout is unchanged; otherwise the run keeps the streams seeded at start-up
@@ -27,9 +27,11 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from genlip_megatron.checkpoint import run_dir as layout
-from genlip_megatron.config.load import config_to_dict, save_config
+from genlip_megatron.config.load import config_to_dict
 
 log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
 
 def sharding_metadata() -> dict:
     """Metadata for every sharded_state_dict call: the distributed optimizer stores its state in
@@ -37,7 +39,6 @@ def sharding_metadata() -> dict:
     place, and a shared dict would carry a stale group into a later, differently laid-out save or
     load (two ranks then both claim the main replica of every replicated tensor)."""
     return {"distrib_optim_sharding_type": "fully_reshardable"}
-FORMAT_VERSION = 1
 
 
 def parallel_layout() -> dict:
@@ -84,41 +85,60 @@ def _sharded_state(modules, is_loading: bool, optimizer: bool, rng: bool) -> dic
     return state
 
 
+def common_state(cfg, iteration: int, **extra) -> dict:
+    """The non-tensor entries every checkpoint carries (rank 0 stores them in common.pt)."""
+    return {"format_version": FORMAT_VERSION, "iteration": iteration, "layout": parallel_layout(),
+            "config": config_to_dict(cfg), **extra}
+
+
+def write_checkpoint(path: str, state: dict, cfg, *, async_queue=None, on_complete=None) -> None:
+    """Write the checkpoint folder `path`: `state` (sharded tensors and `common_state`) on every rank,
+    then, once every rank finished, rank 0 writes the run's config file (run_dir.py) and calls `on_complete`.
+
+    The one writer of checkpoint folders: training saves through it, `genlip convert from-hf` too.
+    With `async_queue` (megatron AsyncCallsQueue) the tensor writes run in the background and the
+    completion runs when the queue finalises the request on every rank.
+    """
+    if dist.get_rank() == 0:
+        os.makedirs(path, exist_ok=True)
+    dist.barrier()  # dist_checkpointing needs the folder to exist on every rank
+
+    def finish() -> None:
+        if dist.get_rank() == 0:
+            layout.write_run_config(cfg, path)
+            if on_complete is not None:
+                on_complete()
+
+    if async_queue is None:
+        dist_checkpointing.save(state, path)
+        dist.barrier()  # every rank's shards are on disk before the folder is declared complete
+        finish()
+        dist.barrier()  # no rank races ahead (e.g. to exit) before the completion exists
+    else:
+        request = dist_checkpointing.save(state, path, async_sharded_save=True)
+        request.add_finalize_fn(finish)
+        async_queue.schedule_async_request(request)
+
+
 def save_checkpoint(run_dir: str, iteration: int, modules, batch_source, counters: dict, cfg,
                     async_queue=None) -> None:
     """Write iter_<iteration> and, once every rank finished, point `latest` at it and prune.
 
     counters: plain values restored on resume (iteration, skipped steps, ...).
-    With `async_queue` (megatron AsyncCallsQueue) the tensor writes run in the background; the
-    marker is written when the queue finalises the request on every rank.
     """
     path = layout.checkpoint_path(run_dir, iteration)
-    if dist.get_rank() == 0:
-        if os.path.exists(path):  # left by a save that never completed: start it over
-            shutil.rmtree(path)
-        os.makedirs(path)
-    dist.barrier()  # dist_checkpointing needs the folder to exist on every rank
+    if dist.get_rank() == 0 and os.path.exists(path):  # left by a save that never completed
+        shutil.rmtree(path)
     state = _sharded_state(modules, is_loading=False, optimizer=True, rng=True)
-    state.update(format_version=FORMAT_VERSION, iteration=iteration, counters=dict(counters),
-                 scheduler=modules.scheduler.state_dict(), data=batch_source.state_dict(),
-                 layout=parallel_layout(), config=config_to_dict(cfg))
+    state.update(common_state(cfg, iteration, counters=dict(counters), scheduler=modules.scheduler.state_dict(),
+                              data=batch_source.state_dict()))
 
     def mark_complete() -> None:
-        if dist.get_rank() == 0:
-            save_config(cfg, os.path.join(path, "config.yaml"))
-            layout.write_latest(run_dir, iteration)
-            pruned = layout.prune(run_dir, cfg.checkpoint.keep_last)
-            log.info("saved checkpoint %s%s", path, f" (pruned {pruned})" if pruned else "")
+        layout.write_latest(run_dir, iteration)
+        pruned = layout.prune(run_dir, cfg.checkpoint.keep_last)
+        log.info("saved checkpoint %s%s", path, f" (pruned {pruned})" if pruned else "")
 
-    if async_queue is None:
-        dist_checkpointing.save(state, path)
-        dist.barrier()  # every rank's shards are on disk before the marker moves
-        mark_complete()
-        dist.barrier()  # no rank races ahead (e.g. to exit) before the marker exists
-    else:
-        request = dist_checkpointing.save(state, path, async_sharded_save=True)
-        request.add_finalize_fn(mark_complete)
-        async_queue.schedule_async_request(request)
+    write_checkpoint(path, state, cfg, async_queue=async_queue, on_complete=mark_complete)
 
 
 def load_checkpoint(path: str, modules, batch_source, finetune: bool = False) -> dict:

@@ -24,18 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
+    from genlip_megatron.checkpoint.run_dir import is_checkpoint
     from genlip_megatron.config.schema import DataConfig
     from genlip_megatron.data.tokenizer import Tokenizer
-    from genlip_megatron.eval import megatron_checkpoint
     from genlip_megatron.eval.generate import caption_images
     from genlip_megatron.eval.images import load_image_file
-    from genlip_megatron.eval.loading import load_model
+    from genlip_megatron.eval.loading import load_model, run_defaults
     from genlip_megatron.eval.sequences import text_layout
 
     torch.set_num_threads(args.threads)
     try:
-        defaults = (megatron_checkpoint.run_defaults(args.checkpoint)
-                    if megatron_checkpoint.is_megatron_checkpoint(args.checkpoint) else {})
+        defaults = (run_defaults(args.checkpoint)
+                    if is_checkpoint(args.checkpoint) else {})
         tokenizer_path = args.tokenizer or defaults.get("tokenizer")
         image_size = args.image_size or defaults.get("image_size")
         if not tokenizer_path or not image_size:

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genlip_megatron.checkpoint.reader import ConversionError
+    from genlip_megatron.checkpoint.run_dir import CheckpointError
 
     try:
         if args.direction == "to-hf":
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             from genlip_megatron.convert.to_timm import export_to_timm
 
             summary = export_to_timm(args.source, args.out, embed_proj_type=args.embed_proj_type, dtype=args.dtype)
-    except (ConversionError, FileNotFoundError) as exc:
+    except (CheckpointError, FileNotFoundError) as exc:  # ConversionError is a CheckpointError
         print(f"genlip convert {args.direction}: refused: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))

@@ -26,6 +26,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+from genlip_megatron.checkpoint import run_dir as run_layout
+
 PRESET = "tiny_cpu"
 CALIBRATION_STEPS = 30
 STARTUP_MARGIN = 0.85  # share of the budget given to steps; the rest covers start-up and saves
@@ -103,7 +105,7 @@ def _free_port() -> int:
 
 def seconds_per_step(run_dir: str) -> float:
     """Median step time of the second half of a run's metrics.jsonl (the first steps warm up)."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(run_layout.metrics_path(run_dir), encoding="utf-8") as f:
         times = [json.loads(line)["seconds_per_step"] for line in f if line.strip()]
     return statistics.median(times[len(times) // 2:])
 
@@ -137,7 +139,7 @@ def run(args) -> int:
         with _stage(timings, "data, tokenizer, shards"):
             paths = build_data(out, args)
         run_dir = os.path.join(out, "run")
-        if os.path.exists(os.path.join(run_dir, "latest")):
+        if run_layout.has_checkpoint(run_dir):
             print(f"[demo] reusing the trained run in {run_dir} (delete it to train again)", flush=True)
         else:
             steps = plan_steps(out, paths["manifest"], args, timings)

@@ -56,15 +56,16 @@ def _print(name: str, metrics: dict) -> None:
 def run(args) -> int:
     import torch
 
+    from genlip_megatron.checkpoint.run_dir import is_checkpoint
     from genlip_megatron.data.tokenizer import Tokenizer
-    from genlip_megatron.eval import datasets, megatron_checkpoint
-    from genlip_megatron.eval.loading import load_model, random_like
+    from genlip_megatron.eval import datasets
+    from genlip_megatron.eval.loading import load_model, random_like, run_defaults
     from genlip_megatron.eval.suite import evaluate_model, evaluate_pixels
 
     torch.set_num_threads(args.threads)
     try:
-        is_run = megatron_checkpoint.is_megatron_checkpoint(args.checkpoint)
-        defaults = megatron_checkpoint.run_defaults(args.checkpoint) if is_run else {}
+        is_run = is_checkpoint(args.checkpoint)
+        defaults = run_defaults(args.checkpoint) if is_run else {}
         tokenizer_path = args.tokenizer or defaults.get("tokenizer")
         if not tokenizer_path:
             raise ValueError("--tokenizer is required (the checkpoint does not name an existing tokenizer.json)")

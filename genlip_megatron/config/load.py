@@ -241,6 +241,17 @@ def load_config(path_or_preset: str, overrides: typing.Iterable[str] = ()) -> Co
     return cfg
 
 
+def config_from_dict(data: dict, where: str = "saved config") -> Config:
+    """A Config from a nested dict such as `config_to_dict` returns (unknown keys and wrong types
+    raise ConfigError, as for a YAML file)."""
+    errors: list[str] = []
+    cfg = Config()
+    _apply_mapping(cfg, data, errors, where)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     """Plain nested dict (sections in schema order), safe to dump as YAML or JSON."""
     return dataclasses.asdict(cfg)

@@ -115,7 +115,7 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    dir: str = ""  # run directory; "latest" marker and iter_XXXXXXX folders live here
+    dir: str = ""  # run directory: checkpoints, their marker, metrics (checkpoint/run_dir.py)
     save_interval: int = 1000
     keep_last: int = 3
     async_save: bool = False

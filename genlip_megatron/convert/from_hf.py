@@ -10,8 +10,8 @@ How: dist_checkpointing stores every tensor under its GLOBAL name and shape, and
 the files do not depend on the layout that wrote them, with one exception: the vocabulary rows are
 padded to a multiple of make_vocab_size_divisible_by x TP. So one CPU process (a world of one, TP1
 PP1) builds the megatron-core model with the vocabulary padded for the TARGET TP, loads the mapped
-weights (convert.mcore_names) and saves its own sharded_state_dict the way checkpoint/sharded.py does
-(format_version, iteration 0, layout, config). --tp/--pp also validate that the model splits.
+weights (convert.mcore_names) and saves its own sharded_state_dict through training's writer (checkpoint/sharded.py `write_checkpoint`). --tp/--pp also validate
+that the model splits.
 
 Only the local layer spec is written (the TE spec fuses the pre-norms into the linears: another name
 set, and TE does not build on CPU).
@@ -28,7 +28,8 @@ import torch
 from safetensors import safe_open
 
 from genlip_megatron.checkpoint.reader import ConversionError
-from genlip_megatron.config.load import config_to_dict, load_config, save_config
+from genlip_megatron.checkpoint.run_dir import is_checkpoint_folder
+from genlip_megatron.config.load import load_config
 from genlip_megatron.config.schema import Config, padded_vocab_size
 from genlip_megatron.config.validate import validate
 from genlip_megatron.convert.mcore_names import hf_to_mcore
@@ -149,9 +150,7 @@ def _free_port() -> int:
 
 def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source: str) -> None:
     """World of one: build the whole model at TP1 PP1, load `full`, save like training does."""
-    from megatron.core import dist_checkpointing
-
-    from genlip_megatron.checkpoint.sharded import FORMAT_VERSION, parallel_layout, sharding_metadata
+    from genlip_megatron.checkpoint.sharded import common_state, sharding_metadata, write_checkpoint
     from genlip_megatron.convert.mcore_names import shard_for_model
     from genlip_megatron.model.genlip import GenLIPModel
     from genlip_megatron.model.transformer_config import genlip_transformer_config
@@ -170,18 +169,15 @@ def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source:
         left = [k for k in result.missing_keys + result.unexpected_keys if not k.endswith("_extra_state")]
         if left:
             raise ConversionError(f"mapped weights do not fit the megatron-core model: {left[:3]}")
-        os.makedirs(out, exist_ok=True)
-        sharded = {"model": model.sharded_state_dict(metadata=sharding_metadata()),
-                   "format_version": FORMAT_VERSION, "iteration": 0, "counters": {},
-                   "layout": parallel_layout(), "config": config_to_dict(cfg),
-                   "imported_from": {"hf_folder": os.path.abspath(source),
-                                     "target_layout": {"tp": cfg.parallel.tensor_model_parallel_size,
-                                                       "pp": cfg.parallel.pipeline_model_parallel_size,
-                                                       "vpp": cfg.parallel.virtual_pipeline_model_parallel_size}}}
-        dist_checkpointing.save(sharded, out)
+        imported = {"hf_folder": os.path.abspath(source),
+                    "target_layout": {"tp": cfg.parallel.tensor_model_parallel_size,
+                                      "pp": cfg.parallel.pipeline_model_parallel_size,
+                                      "vpp": cfg.parallel.virtual_pipeline_model_parallel_size}}
+        state = {"model": model.sharded_state_dict(metadata=sharding_metadata()),
+                 **common_state(cfg, 0, counters={}, imported_from=imported)}
+        write_checkpoint(out, state, cfg)
     finally:
         destroy_distributed()
-    save_config(cfg, os.path.join(out, "config.yaml"))
 
 
 def import_from_hf(folder: str, out: str, *, tp: int = 1, pp: int = 1, vpp: int | None = None,
@@ -190,7 +186,7 @@ def import_from_hf(folder: str, out: str, *, tp: int = 1, pp: int = 1, vpp: int 
     config = read_hf_config(folder)
     tensors = read_hf_weights(folder, config)
     cfg = run_config_from_hf(config, base_config, tp, pp, vpp, checkpoint=out)
-    if os.path.exists(os.path.join(out, "metadata.json")):
+    if is_checkpoint_folder(out):
         raise ConversionError(f"{out} already holds a checkpoint; choose an empty folder")
     padded = padded_vocab_size(cfg.model, tp)
     full = hf_to_mcore(tensors, num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,

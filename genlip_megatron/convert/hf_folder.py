@@ -18,10 +18,10 @@ from pathlib import Path
 import yaml
 
 import genlip_megatron.hf as hf_package
+from genlip_megatron.checkpoint import run_dir as run_layout
 from genlip_megatron.config.load import config_to_dict
 
 TOKENIZER_FILE = "tokenizer.json"
-METRICS_FILE = "metrics.jsonl"  # written by the trainer into the run directory
 
 
 def copy_modeling_code(folder: str) -> list[str]:
@@ -71,7 +71,7 @@ def write_image_processor(folder: str, cfg) -> None:
 
 
 def _last_metrics(run_dir: str) -> dict:
-    path = os.path.join(run_dir, METRICS_FILE)
+    path = run_layout.metrics_path(run_dir)
     if not os.path.isfile(path):
         return {}
     last = {}

@@ -15,39 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import torch
-import yaml
 
 from genlip_megatron.checkpoint.reader import CheckpointReader, ConversionError
-from genlip_megatron.config.load import ConfigError, load_config
 from genlip_megatron.config.schema import padded_vocab_size
 from genlip_megatron.convert.mcore_names import iter_mcore_to_hf
 from genlip_megatron.convert.safetensors_stream import ShardedSafetensorsWriter
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
-CONFIG_NAME = "config.yaml"  # written into every checkpoint folder by checkpoint/sharded.py
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def run_config(reader: CheckpointReader):
-    """The training Config saved with the checkpoint (config.yaml, else the `config` common key)."""
-    path = os.path.join(reader.folder, CONFIG_NAME)
-    try:
-        if os.path.isfile(path):
-            return load_config(path)
-        saved = reader.common.get("config")
-        if not isinstance(saved, dict):
-            raise ConversionError(f"{reader.folder}: no {CONFIG_NAME} and no `config` in common.pt")
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            yaml.safe_dump(saved, f)
-        try:
-            return load_config(f.name)
-        finally:
-            os.unlink(f.name)
-    except ConfigError as exc:
-        raise ConversionError(f"{reader.folder}: its config does not load: {str(exc).splitlines()[0]}") from None
 
 
 def hf_config(cfg) -> GenLIPConfig:
@@ -140,7 +117,7 @@ def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
     reader = CheckpointReader(checkpoint)
     if reader.common.get("format_version") is None:
         raise ConversionError(f"{reader.folder}: common.pt has no format_version (not a genlip-megatron checkpoint)")
-    cfg = run_config(reader)
+    cfg = reader.run_config()
     check_matches(reader, cfg)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")

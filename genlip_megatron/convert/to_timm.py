@@ -41,10 +41,10 @@ def _trunk_from_hf_folder(folder: str):
 
 def _trunk_from_checkpoint(path: str):
     from genlip_megatron.checkpoint.reader import CheckpointReader
-    from genlip_megatron.convert.to_hf import check_matches, hf_config, hf_tensors, run_config
+    from genlip_megatron.convert.to_hf import check_matches, hf_config, hf_tensors
 
     reader = CheckpointReader(path)
-    cfg = run_config(reader)
+    cfg = reader.run_config()
     check_matches(reader, cfg)
     tensors = {}
     for group in hf_tensors(reader, cfg):

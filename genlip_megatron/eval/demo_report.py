@@ -13,11 +13,11 @@ import time
 
 import torch
 
+from genlip_megatron.checkpoint import run_dir as run_layout
 from genlip_megatron.data.tokenizer import Tokenizer
 from genlip_megatron.eval import report
 from genlip_megatron.eval.datasets import load_jsonl_split, load_zero_shot
 from genlip_megatron.eval.loading import load_checkpoint_model, random_model
-from genlip_megatron.eval.megatron_checkpoint import CONFIG_NAME, resolve_checkpoint
 from genlip_megatron.eval.suite import EvalSettings, evaluate_model, evaluate_pixels
 
 EXAMPLES = 8
@@ -56,7 +56,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
                                  settings),
         "pixels": evaluate_pixels(test, train, settings.probe_c),
     }
-    steps, losses = report.read_losses(os.path.join(run_dir, "metrics.jsonl"))
+    steps, losses = report.read_losses(run_layout.metrics_path(run_dir))
     report.plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"))
     _examples_figure(out, test, names, results["trained"])
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
@@ -73,7 +73,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     stage_rows = "\n".join(f"| {name} | {seconds:.1f} |" for name, seconds in timings.items())
     eval_rows = "\n".join(f"| {who}: {task} | {sec:.1f} |" for who in ("trained", "random", "pixels")
                           for task, sec in results[who]["seconds"].items())
-    with open(os.path.join(resolve_checkpoint(run_dir), CONFIG_NAME), encoding="utf-8") as f:
+    with open(run_layout.config_path(run_layout.resolve_checkpoint(run_dir)), encoding="utf-8") as f:
         config_text = f.read()
     machine = (f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs visible), torch "
                f"{torch.__version__}, {args.threads} threads")

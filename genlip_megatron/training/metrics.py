@@ -13,6 +13,8 @@ import math
 import os
 import sys
 
+from genlip_megatron.checkpoint import run_dir as run_layout
+
 log = logging.getLogger("genlip_megatron.train")
 
 
@@ -48,14 +50,14 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir = cfg.checkpoint.dir
-        tb_dir = cfg.logging.tensorboard_dir or (os.path.join(run_dir, "tensorboard") if run_dir else "")
+        tb_dir = cfg.logging.tensorboard_dir or (run_layout.tensorboard_dir(run_dir) if run_dir else "")
         if tb_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(tb_dir)
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a")  # noqa: SIM115 - closed in close()
+            self._jsonl = open(run_layout.metrics_path(run_dir), "a")  # noqa: SIM115 - closed in close()
         if cfg.logging.wandb_project:
             import wandb  # optional dependency: only needed when configured
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from genlip_megatron.checkpoint.run_dir import read_latest
+from genlip_megatron.checkpoint.run_dir import read_latest, save_now_path
 from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
 from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.validate import check
@@ -35,7 +35,6 @@ from genlip_megatron.training.step import current_lr, train_step
 
 log = logging.getLogger("genlip_megatron.train")
 
-SAVE_NOW_FILE = "save_now"  # touch <checkpoint.dir>/save_now to get a checkpoint after the current step
 
 
 @dataclass
@@ -59,7 +58,7 @@ def _resume_path(cfg) -> tuple[str | None, bool]:
 
 
 def _save_requested_by_file(cfg) -> bool:
-    path = os.path.join(cfg.checkpoint.dir, SAVE_NOW_FILE) if cfg.checkpoint.dir else ""
+    path = save_now_path(cfg.checkpoint.dir) if cfg.checkpoint.dir else ""
     if path and dist.get_rank() == 0 and os.path.exists(path):
         os.remove(path)
         return True
