@@ -28,6 +28,7 @@ class ModelConfig:
     layer_norm_eps: float = 1e-6
     layer_scale_init: float = 0.1
     drop_path_rate: float = 0.1
+    drop_path_schedule: str = "constant"  # "constant" (official: the rate in every layer) | "linear" (0 -> rate)
     rope_theta: float = 10000.0
     # (T, H, W) frequency counts of the interleaved MRoPE; only H and W are read (hf/mrope_sections.py)
     mrope_section: list[int] = field(default_factory=lambda: [8, 12, 12])
@@ -90,6 +91,9 @@ class OptimizerConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
+    # Which parameters weight decay applies to: "all" (official GenLIP: norms, biases, LayerScale,
+    # embeddings and head too) | "megatron" (megatron-core's rule: none on biases and 1-D tensors).
+    decay_params: str = "all"
 
 
 @dataclass

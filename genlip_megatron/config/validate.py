@@ -17,6 +17,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.layer_spec": ("local", "te"),
     "model.attention": ("dense", "fused"),
     "model.recompute": ("none", "selective", "full"),
+    "model.drop_path_schedule": ("constant", "linear"),
+    "optimizer.decay_params": ("all", "megatron"),
     "train.precision": ("fp32", "bf16", "fp8"),
     "train.device": ("cuda", "cpu"),
     "schedule.decay_style": ("cosine", "linear", "constant"),

@@ -124,6 +124,7 @@ def run_config_from_hf(config: GenLIPConfig, base: str | None, tp: int, pp: int,
         text_embed_dim=config.text_embed_dim,
         vocab_size=config.vocab_size, layer_norm_eps=config.layer_norm_eps,
         layer_scale_init=config.ls_init_value, drop_path_rate=config.drop_path_rate,
+        drop_path_schedule=config.drop_path_schedule,
         rope_theta=float(config.rope_theta), mrope_section=list(config.mrope_section),
         init_method_std=config.initializer_range, layer_spec="local")
     p = dataclasses.replace(cfg.parallel, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,

@@ -36,7 +36,8 @@ def hf_config(cfg) -> GenLIPConfig:
         hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size, num_hidden_layers=m.num_layers,
         num_attention_heads=m.num_attention_heads, patch_size=m.patch_size, num_channels=m.num_channels,
         text_embed_dim=m.text_embed_dim, vocab_size=m.vocab_size, layer_norm_eps=m.layer_norm_eps,
-        ls_init_value=m.layer_scale_init, drop_path_rate=m.drop_path_rate, rope_theta=m.rope_theta,
+        ls_init_value=m.layer_scale_init, drop_path_rate=m.drop_path_rate,
+        drop_path_schedule=m.drop_path_schedule, rope_theta=m.rope_theta,
         mrope_section=list(m.mrope_section), initializer_range=m.init_method_std)
     config.architectures = ["GenLIPModel"]
     config.auto_map = {"AutoConfig": "configuration_genlip.GenLIPConfig",

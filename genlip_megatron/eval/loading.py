@@ -33,6 +33,7 @@ def hf_config_from_model_config(model: ModelConfig, vocab_size: int | None = Non
         patch_size=model.patch_size, num_channels=model.num_channels, text_embed_dim=model.text_embed_dim,
         vocab_size=vocab_size or model.vocab_size, layer_norm_eps=model.layer_norm_eps,
         ls_init_value=model.layer_scale_init, drop_path_rate=model.drop_path_rate,
+        drop_path_schedule=model.drop_path_schedule,
         rope_theta=model.rope_theta, mrope_section=list(model.mrope_section),
         initializer_range=model.init_method_std,
     )

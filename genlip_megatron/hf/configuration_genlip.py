@@ -36,6 +36,7 @@ class GenLIPConfig(PretrainedConfig):
         use_swiglu_ffn: bool = True,
         ls_init_value: float = 0.1,
         drop_path_rate: float = 0.1,
+        drop_path_schedule: str = "constant",
         gated_attention: bool = True,
         mrope_interleaved: bool = True,
         rope_theta: float = 10000.0,
@@ -62,6 +63,9 @@ class GenLIPConfig(PretrainedConfig):
         self.use_swiglu_ffn = use_swiglu_ffn
         self.ls_init_value = ls_init_value
         self.drop_path_rate = drop_path_rate
+        # Not an official key: the official model drops with drop_path_rate in every layer
+        # ("constant"); "linear" ramps it from 0 at the first layer (a run's model.drop_path_schedule).
+        self.drop_path_schedule = drop_path_schedule
         self.gated_attention = gated_attention
         self.mrope_interleaved = mrope_interleaved
         self.rope_theta = rope_theta
@@ -86,6 +90,8 @@ class GenLIPConfig(PretrainedConfig):
             "gated_attention": self.gated_attention,
             "mrope_interleaved": self.mrope_interleaved,
         }
+        if self.drop_path_schedule not in ("constant", "linear"):
+            raise ValueError(f"drop_path_schedule must be 'constant' or 'linear', got {self.drop_path_schedule!r}")
         bad = [k for k, ok in unsupported.items() if not ok]
         if bad:
             raise ValueError(f"only the GenLIP architecture is implemented; unsupported settings: {bad}")

@@ -10,8 +10,8 @@ Submodule names give the official state-dict keys (`self_attn.q_proj`, `mlp.gate
 Differences from the reference, by design:
 - attention always goes through torch SDPA with a boolean [B, 1, S, S] mask (the official "eager" path
   ignores boolean masks and its "sdpa" path broadcasts correctly only for batch size 1).
-- DropPath rates grow linearly with depth, 0 at the first block and drop_path_rate at the last
-  (stochastic-depth rule); the official code's per-layer schedule is not documented.
+- DropPath: config.drop_path_schedule "linear" (not in the official code) ramps the rate from 0 at
+  the first block to drop_path_rate at the last; the default "constant" is the official rule.
 """
 
 from __future__ import annotations
@@ -124,8 +124,11 @@ class GenLIPEncoder(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        depth = config.num_hidden_layers
-        rates = [config.drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        depth, rate = config.num_hidden_layers, config.drop_path_rate
+        if getattr(config, "drop_path_schedule", "constant") == "linear":
+            rates = [rate * i / max(depth - 1, 1) for i in range(depth)]
+        else:  # the official rule: the same rate in every block
+            rates = [rate] * depth
         self.layers = nn.ModuleList(GenLIPLayer(config, rate) for rate in rates)
 
     def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ class GenLIPModel(MegatronModule):
                 vocab_size=vocab_size, text_embed_dim=text_embed_dim)
         layer = genlip_layer_spec(genlip.layer_spec, genlip.attention,
                                   layer_scale_init=genlip.layer_scale_init,
-                                  drop_path_rate=genlip.drop_path_rate)
+                                  drop_path_rate=genlip.drop_path_rate,
+                                  drop_path_schedule=genlip.drop_path_schedule)
         block = TransformerBlockSubmodules(
             layer_specs=[layer] * get_num_layers_to_build(config, vp_stage=vp_stage),
             layer_norm=final_norm_spec(genlip.layer_spec))

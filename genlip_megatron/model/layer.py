@@ -30,6 +30,22 @@ class LayerScale(torch.nn.Module):
         return x * self.lambda1
 
 
+DROP_PATH_SCHEDULES = ("constant", "linear")
+
+
+def drop_path_rate_of_layer(rate: float, schedule: str, layer_number: int, num_layers: int) -> float:
+    """Stochastic-depth rate of global, 1-based `layer_number`.
+
+    "constant" (the official GenLIP recipe): `rate` in every layer. "linear" (the stochastic-depth
+    paper's ramp): 0 at the first layer, growing linearly to `rate` at the last.
+    """
+    if schedule == "constant":
+        return float(rate)
+    if schedule == "linear":
+        return float(rate) * (layer_number - 1) / max(num_layers - 1, 1)
+    raise ValueError(f"model.drop_path_schedule: {schedule!r} is not one of {DROP_PATH_SCHEDULES}")
+
+
 def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth on a [S, B, H] branch: drop whole sequences (dim 1), rescale the kept ones.
 
@@ -49,17 +65,16 @@ class GenLIPTransformerLayer(TransformerLayer):
 
     def __init__(self, config, submodules, layer_number: int = 1, hidden_dropout=None,
                  pg_collection=None, vp_stage=None, *, layer_scale_init: float = 0.1,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, drop_path_schedule: str = "constant"):
         super().__init__(config, submodules, layer_number=layer_number,
                          hidden_dropout=hidden_dropout, pg_collection=pg_collection,
                          vp_stage=vp_stage)
         sp = bool(config.sequence_parallel)
         self.layer_scale1 = LayerScale(config.hidden_size, layer_scale_init, sp)
         self.layer_scale2 = LayerScale(config.hidden_size, layer_scale_init, sp)
-        # Stochastic depth grows linearly with depth: 0 at the first layer, drop_path_rate at the
-        # last (layer_number is global and 1-based, so every pipeline stage agrees).
-        depth = max(config.num_layers - 1, 1)
-        self.drop_path_rate = float(drop_path_rate) * (self.layer_number - 1) / depth
+        # layer_number is global and 1-based, so every pipeline stage agrees on the schedule.
+        self.drop_path_rate = drop_path_rate_of_layer(drop_path_rate, drop_path_schedule,
+                                                      self.layer_number, config.num_layers)
         self.self_attn_bda = self._residual_factory(self.layer_scale1)
         self.mlp_bda = self._residual_factory(self.layer_scale2)
 

@@ -70,7 +70,8 @@ def final_norm_spec(layer_spec: str):
 
 
 def genlip_layer_spec(layer_spec: str = "local", attention: str = "dense", *,
-                      layer_scale_init: float = 0.1, drop_path_rate: float = 0.0) -> ModuleSpec:
+                      layer_scale_init: float = 0.1, drop_path_rate: float = 0.0,
+                      drop_path_schedule: str = "constant") -> ModuleSpec:
     """ModuleSpec of one GenLIP layer (prefix-LM self-attention with output gate, SwiGLU MLP)."""
     if layer_spec not in LAYER_SPECS:
         raise ValueError(f"model.layer_spec: {layer_spec!r} is not one of {LAYER_SPECS}")
@@ -79,7 +80,8 @@ def genlip_layer_spec(layer_spec: str = "local", attention: str = "dense", *,
     m = _te_modules(attention) if layer_spec == "te" else _local_modules(attention)
     return ModuleSpec(
         module=GenLIPTransformerLayer,
-        params={"layer_scale_init": layer_scale_init, "drop_path_rate": drop_path_rate},
+        params={"layer_scale_init": layer_scale_init, "drop_path_rate": drop_path_rate,
+                "drop_path_schedule": drop_path_schedule},
         submodules=TransformerLayerSubmodules(
             input_layernorm=m["input_layernorm"],
             self_attention=ModuleSpec(

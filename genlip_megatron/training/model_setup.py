@@ -107,7 +107,21 @@ def build_optimizer(cfg, model: list):
         use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
         overlap_param_gather=cfg.parallel.overlap_param_gather,
     )
-    return get_megatron_optimizer(config, model)
+    return get_megatron_optimizer(config, model, config_overrides=decay_overrides(o.decay_params))
+
+
+def decay_overrides(decay_params: str) -> dict | None:
+    """megatron-core's per-parameter group overrides for `optimizer.decay_params`.
+
+    NOTE: megatron-core reads `config_overrides=None` as its standard rule (weight-decay multiplier 0
+    for biases and every 1-D tensor); an EMPTY dict overrides nothing, so every parameter decays
+    with optimizer.weight_decay, as the official GenLIP recipe does.
+    """
+    if decay_params == "all":
+        return {}
+    if decay_params == "megatron":
+        return None
+    raise ValueError(f"optimizer.decay_params: {decay_params!r} is not one of all, megatron")
 
 
 def build_scheduler(cfg, optimizer) -> OptimizerParamScheduler:

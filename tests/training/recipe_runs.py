@@ -1,0 +1,48 @@
+"""Rank-side code of the recipe tests (drop path per layer, weight-decay groups, init): pool workers."""
+
+from __future__ import annotations
+
+from tiny_runs import tiny_config
+
+
+def drop_path_rates(overrides: list[str]) -> list[tuple[int, float]]:
+    """(global layer number, drop-path rate) of every layer this rank builds."""
+    from genlip_megatron.model.transformer_config import genlip_transformer_config
+    from genlip_megatron.training.model_setup import build_model_chunks
+
+    cfg = tiny_config(overrides)
+    chunks = build_model_chunks(cfg, genlip_transformer_config(cfg))
+    return [(layer.layer_number, layer.drop_path_rate) for chunk in chunks for layer in chunk.decoder.layers]
+
+
+def decay_groups(overrides: list[str]) -> dict[str, float]:
+    """Parameter name -> the weight decay of the optimizer group holding it (plain megatron optimizer,
+    so the groups hold the model's own parameters)."""
+    from genlip_megatron.training.model_setup import build_training_modules
+
+    cfg = tiny_config(["parallel.use_distributed_optimizer=false", *overrides])
+    modules = build_training_modules(cfg)
+    names = {id(p): name for chunk in modules.model for name, p in chunk.module.named_parameters()}
+    return {names[id(p)]: group["weight_decay"] for group in modules.optimizer.param_groups
+            for p in group["params"]}
+
+
+def decay_step(overrides: list[str]) -> dict[str, float]:
+    """One distributed-optimizer step with all gradients zero: AdamW then moves a parameter only by
+    its decoupled decay, p -> p * (1 - lr * wd). Returns name -> mean of (p_after / p_before) over
+    the nonzero entries of every parameter that has some."""
+    from genlip_megatron.training.model_setup import build_training_modules
+
+    cfg = tiny_config(overrides)
+    modules = build_training_modules(cfg)
+    params = {name: p for chunk in modules.model for name, p in chunk.module.named_parameters()}
+    before = {name: p.detach().clone() for name, p in params.items()}
+    for chunk in modules.model:
+        chunk.zero_grad_buffer()
+    modules.optimizer.step()
+    ratios = {}
+    for name, p in params.items():
+        nonzero = before[name] != 0  # zero-initialised tensors (biases) say nothing about decay
+        if nonzero.any():
+            ratios[name] = (p.detach()[nonzero] / before[name][nonzero]).mean().item()
+    return ratios
