@@ -30,7 +30,7 @@ class EvalSettings:
     prompt: str = DataConfig().prompt  # must be the prompt the model was trained with
     max_caption_tokens: int = DataConfig().max_caption_tokens
     include_end: bool = True  # zero-shot: score the end-of-turn tokens too (they carry loss in training)
-    images_per_forward: int = 16  # zero-shot: images whose C x K candidates share one forward
+    images_per_forward: int = 64  # zero-shot: most images per prefill (their C x K candidates share it)
     feature_source: str = "hidden_states"  # linear probe: after ln_post ("hidden_states") or "trunk"
     probe_c: float = 1.0  # inverse L2 strength of the probe's logistic regression
     caption_examples: int = 8  # test images that get a greedy caption

@@ -6,6 +6,8 @@ GenLIP: "Let ViT Speak" (arXiv 2605.00809). Pre-norm block:
 Attention: q_proj emits 2*width rows [q ; gate]; out = SDPA(q, k, v) * sigmoid(gate) (per head and channel),
 then out_proj. All projections carry a bias; no QK-norm. MLP: fc2(silu(gate_fc(x)) * fc1(x)).
 Submodule names give the official state-dict keys (`self_attn.q_proj`, `mlp.gate_fc`, `layer_scale1.lambda1`).
+With a transformers `Cache`, each attention appends its rotated keys and its values
+to the cache under its layer index and attends over everything cached so far (see kv_cache.py).
 
 Differences from the reference, by design:
 - attention always goes through torch SDPA with a boolean [B, 1, S, S] mask (the official "eager" path
@@ -53,8 +55,9 @@ class DropPath(nn.Module):
 class GenLIPAttention(nn.Module):
     """Gated multi-head self-attention with interleaved MRoPE."""
 
-    def __init__(self, width: int, num_heads: int):
+    def __init__(self, width: int, num_heads: int, layer_idx: int = 0):
         super().__init__()
+        self.layer_idx = layer_idx  # where this layer's keys and values live in a KV cache
         self.width = width
         self.num_heads = num_heads
         self.head_dim = width // num_heads
@@ -68,10 +71,12 @@ class GenLIPAttention(nn.Module):
         b, s, _ = x.shape
         return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor, cache=None) -> torch.Tensor:
         """
         Args:
-            x: [B, S, width]; freqs: [B, S, head_dim] rotary angles; allowed: bool [B, 1, S, S], True = may attend.
+            x: [B, S, width]; freqs: [B, S, head_dim] rotary angles; allowed: bool [B, 1, S, P + S],
+            True = may attend, over the P cached keys (P = 0 without a cache) and then the S new ones.
+            cache: a transformers `Cache` or None; the new keys (rotated) and values are appended to it.
         Returns:
             [B, S, width].
         """
@@ -80,6 +85,8 @@ class GenLIPAttention(nn.Module):
         q = apply_rotary(self._heads(q), freqs)
         k = apply_rotary(self._heads(self.k_proj(x)), freqs)
         v = self._heads(self.v_proj(x))
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, heads, P + S, head_dim]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # [B, heads, S, head_dim]
         out = out.transpose(1, 2).reshape(b, s, self.width)
         return self.out_proj(out * torch.sigmoid(gate))
@@ -102,20 +109,20 @@ class GenLIPMLP(nn.Module):
 class GenLIPLayer(nn.Module):
     """One pre-norm block (see the module docstring)."""
 
-    def __init__(self, config, drop_path_rate: float = 0.0):
+    def __init__(self, config, drop_path_rate: float = 0.0, layer_idx: int = 0):
         super().__init__()
         width = config.hidden_size
         self.layer_norm1 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.self_attn = GenLIPAttention(width, config.num_attention_heads)
+        self.self_attn = GenLIPAttention(width, config.num_attention_heads, layer_idx)
         self.layer_scale1 = LayerScale(width, config.ls_init_value)
         self.layer_norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.mlp = GenLIPMLP(width, config.intermediate_size)
         self.layer_scale2 = LayerScale(width, config.ls_init_value)
         self.drop_path = DropPath(drop_path_rate)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor, cache=None) -> torch.Tensor:
         """[B, S, width] -> [B, S, width]."""
-        x = x + self.drop_path(self.layer_scale1(self.self_attn(self.layer_norm1(x), freqs, allowed)))
+        x = x + self.drop_path(self.layer_scale1(self.self_attn(self.layer_norm1(x), freqs, allowed, cache)))
         return x + self.drop_path(self.layer_scale2(self.mlp(self.layer_norm2(x))))
 
 
@@ -129,10 +136,10 @@ class GenLIPEncoder(nn.Module):
             rates = [rate * i / max(depth - 1, 1) for i in range(depth)]
         else:  # the official rule: the same rate in every block
             rates = [rate] * depth
-        self.layers = nn.ModuleList(GenLIPLayer(config, rate) for rate in rates)
+        self.layers = nn.ModuleList(GenLIPLayer(config, rate, index) for index, rate in enumerate(rates))
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, allowed: torch.Tensor, cache=None) -> torch.Tensor:
         """[B, S, width] -> [B, S, width] (after the last block, before ln_post)."""
         for layer in self.layers:
-            x = layer(x, freqs, allowed)
+            x = layer(x, freqs, allowed, cache)
         return x

@@ -9,7 +9,10 @@ exported Hugging Face folder (these files import only torch, transformers and ea
 
 Two entry points:
 - `forward_packed` / `loss_packed`: the packed batch of docs/batch.md (several samples per sequence).
-- `forward(pixel_values, input_ids, labels)`: HF style, one sample per row, built into a packed batch.
+- `forward(pixel_values, input_ids, labels)`: HF style, one sample per row, built into a packed batch;
+  with `use_cache` / `cache` (a transformers `Cache`; `past_key_values` is the older name) it fills a
+  KV cache and continues from one, the form transformers' `generate()` drives (kv_cache.py: positions
+  and masks; docs/evaluation.md).
 
 Differences from the reference, by design:
 - `in_proj` and `proj` (present only when text_embed_dim != hidden_size) carry a bias.
@@ -25,10 +28,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from .configuration_genlip import GenLIPConfig
+from .kv_cache import continuation_allowed, continuation_positions, prefill_rope_deltas, text_positions
 from .layers_genlip import GenLIPEncoder, LayerScale
 from .masks import prefix_lm_allowed
 from .rope import interleaved_mrope_freqs
@@ -42,12 +47,16 @@ except ImportError:  # pragma: no cover - transformers 4.x
 @dataclass
 class GenLIPOutput(ModelOutput):
     """loss: scalar; logits: [B, S, V]; last_hidden_state: [B, S, W] after ln_post;
-    image_features: [B, N_img, W] after ln_post at the image positions (None without images)."""
+    image_features: [B, N_img, W] after ln_post at the image positions (None without images);
+    cache: the KV cache after this forward (with use_cache; `past_key_values` reads it too);
+    rope_deltas: int [B, 1], pass it back when continuing from the cache (kv_cache.py)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     image_features: torch.Tensor | None = None
+    cache: Cache | None = None
+    rope_deltas: torch.Tensor | None = None
 
 
 class GenLIPVisionEmbeddings(nn.Module):
@@ -126,11 +135,16 @@ class GenLIPModel(GenLIPPreTrainedModel):
         is_image: torch.Tensor,
         position_ids: torch.Tensor,
         segment_ids: torch.Tensor,
+        cache: Cache | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """
         Args:
             tokens: int [B, S] (0 at image/padding); image_patches: [N, C*P*P] (None or N=0 without images);
             is_image: bool [B, S]; position_ids: int [3, B, S]; segment_ids: int [B, S] (-1 = padding).
+            cache: a transformers Cache the layers append their keys and values to (None: no cache).
+            allowed: bool [B, 1, S, cached + S] to use instead of the prefix-LM mask of segment_ids
+                (a continuation from a cache, kv_cache.py); None builds the prefix-LM mask.
         Returns:
             dict(logits [B, S, V], hidden_states [B, S, W] after ln_post, trunk [B, S, W] before ln_post).
         """
@@ -139,11 +153,12 @@ class GenLIPModel(GenLIPPreTrainedModel):
             patches = self.vision_embeddings(image_patches).to(x.dtype)  # [N, W]
             # masked_scatter fills in row-major (b, then s) order: the order of image_patches
             x = x.masked_scatter(is_image.unsqueeze(-1), patches)
-        allowed = prefix_lm_allowed(segment_ids, is_image)
+        if allowed is None:
+            allowed = prefix_lm_allowed(segment_ids, is_image)
         freqs = interleaved_mrope_freqs(
             position_ids, self.config.head_dim, self.config.rope_theta, self.config.mrope_section
         )
-        trunk = self.visual(x, freqs, allowed)
+        trunk = self.visual(x, freqs, allowed, cache)
         hidden = self.ln_post(trunk)
         logits = self.lm_head(self.proj(hidden))
         return {"logits": logits, "hidden_states": hidden, "trunk": trunk}
@@ -169,7 +184,7 @@ class GenLIPModel(GenLIPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One sample per row: [image patches][text]. Images [B, C, H, W] (multiples of the patch size),
-        text [B, T] (right-padded where attention_mask [B, T] is 0). Returns a packed batch (no labels)."""
+        text [B, T] (padded where attention_mask [B, T] is 0, left or right). Returns a packed batch (no labels)."""
         if pixel_values is None and input_ids is None:
             raise ValueError("need pixel_values or input_ids")
         ref = pixel_values if pixel_values is not None else input_ids
@@ -196,10 +211,9 @@ class GenLIPModel(GenLIPPreTrainedModel):
             position_ids[:, :, :n_img] = img_pos[:, None, :]
         if n_text:
             tokens[:, n_img:] = input_ids
-            position_ids[:, :, n_img:] = text_start + torch.arange(n_text, device=device)
+            position_ids[:, :, n_img:] = text_positions(n_text, text_start, attention_mask, b, device)
             if attention_mask is not None:
                 segment_ids[:, n_img:] = torch.where(attention_mask.bool(), 0, -1)
-                position_ids[:, :, n_img:] *= attention_mask.bool()
         return {
             "tokens": tokens, "image_patches": patches, "is_image": is_image,
             "position_ids": position_ids, "segment_ids": segment_ids,
@@ -211,18 +225,42 @@ class GenLIPModel(GenLIPPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        rope_deltas: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> GenLIPOutput:
         """
         Args:
             pixel_values: [B, C, H, W]; input_ids: [B, T] appended after the image patches;
-            attention_mask: [B, T] over input_ids (1 = real token, right padding);
-            labels: [B, T] aligned with input_ids, -100 = no loss (shifted inside, HF style).
+            attention_mask: [B, T] over input_ids (1 = real token; left or right padding); when continuing
+                from a cache, over the cached text AND input_ids (transformers' convention), or a bool
+                [B, 1, T, cached + T] used as is (True = may attend);
+            labels: [B, T] aligned with input_ids, -100 = no loss (shifted inside, HF style);
+            cache: a transformers Cache (`past_key_values` is accepted as its older name): empty (or None
+                with use_cache) -> this forward fills it (prefill); non-empty -> input_ids continue the
+                cached sequences (no pixel_values);
+            rope_deltas: [B, 1] from the prefill's output, needed to continue unless position_ids
+                ([B, T] or [3, B, T] text positions) are given.
         Returns:
-            GenLIPOutput; logits [B, N_img + T, V].
+            GenLIPOutput; logits [B, N_img + T, V] (prefill) or [B, T, V] (continuation).
         """
-        packed = self.build_packed_inputs(pixel_values, input_ids, attention_mask)
-        out = self.forward_packed(**packed)
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
+        cached = cache.get_seq_length() if cache is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        if cached:
+            packed, rope_deltas = self._continuation_inputs(cached, pixel_values, input_ids, attention_mask,
+                                                            rope_deltas, position_ids)
+        else:
+            packed = self.build_packed_inputs(pixel_values, input_ids, attention_mask)
+            text_start = max(pixel_values.shape[-2:]) // self.config.patch_size if pixel_values is not None else 0
+            rope_deltas = prefill_rope_deltas(input_ids.shape[1] if input_ids is not None else 0, text_start,
+                                              attention_mask, packed["tokens"].shape[0],
+                                              packed["tokens"].shape[1], packed["tokens"].device)
+        out = self.forward_packed(**packed, cache=cache)
         n_img = int(packed["is_image"][0].sum())
         loss = None
         if labels is not None:
@@ -235,7 +273,32 @@ class GenLIPModel(GenLIPPreTrainedModel):
             logits=out["logits"],
             last_hidden_state=out["hidden_states"],
             image_features=out["hidden_states"][:, :n_img] if n_img else None,
+            cache=cache,
+            rope_deltas=rope_deltas,
         )
+
+    def _continuation_inputs(self, cached: int, pixel_values, input_ids, attention_mask, rope_deltas,
+                             position_ids) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Model inputs of text tokens appended after `cached` keys, and the rope_deltas after them."""
+        if pixel_values is not None or input_ids is None:
+            raise ValueError("a forward that continues from a KV cache takes input_ids and no pixel_values")
+        b, t = input_ids.shape
+        if position_ids is None:
+            if rope_deltas is None:
+                raise ValueError("continuing from a KV cache needs rope_deltas (from the prefill's output) "
+                                 "or explicit position_ids")
+            position_ids = continuation_positions(cached, t, rope_deltas)
+        elif position_ids.dim() == 2:
+            position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
+        if rope_deltas is None:  # explicit positions: the next token follows the last one given
+            rope_deltas = position_ids[0, :, -1:] + 1 - (cached + t)
+        return {
+            "tokens": input_ids, "image_patches": None,
+            "is_image": torch.zeros(b, t, dtype=torch.bool, device=input_ids.device),
+            "position_ids": position_ids, "segment_ids": None,
+            "allowed": (attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 4
+                        else continuation_allowed(cached, t, attention_mask, b, input_ids.device)),
+        }, rope_deltas
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> [B, (H/P)*(W/P), W] trunk features after ln_post (image alone, full attention)."""

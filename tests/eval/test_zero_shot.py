@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 from eval_fixtures import WordTokenizer, tiny_model, toy_images
 
@@ -73,6 +74,21 @@ def test_zero_shot_predicts_argmax_of_template_averaged_scores():
     np.testing.assert_array_equal(result["predictions_mean"], want_mean)
     assert result["zero_shot_sum"] == float((want_sum == labels).mean())
     assert result["zero_shot_mean"] == float((want_mean == labels).mean())
+
+
+@pytest.mark.parametrize("prompt", [PROMPT, ""])
+@pytest.mark.parametrize("include_end", [True, False])
+def test_cached_zero_shot_equals_uncached_full_sequences(prompt, include_end):
+    """The prefix-cache scorer gives the scores of running every (image, caption) sequence whole."""
+    model, tok = tiny_model(seed=5), WordTokenizer()
+    images = toy_images(4, seed=2)
+    layout = text_layout(tok, prompt, max_caption_tokens=5)  # "a small picture of a shirt." is cut
+    ids = [[tok.encode(t) for t in per_class] for per_class in CAPTIONS]
+    cached, counts = zero_shot_log_likelihoods(model, images, ids, layout, include_end, images_per_forward=3)
+    pairs = [(n, c) for n in range(4) for per_class in ids for c in per_class]
+    uncached, want_counts = pair_log_likelihoods(model, images, pairs, layout, include_end)
+    np.testing.assert_allclose(cached.reshape(-1), uncached.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(counts.reshape(-1), want_counts.numpy())
 
 
 def test_image_grouping_does_not_change_zero_shot_scores():
