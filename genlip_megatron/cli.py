@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from genlip_megatron.errors import InputError, describe_os_error
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("genlip_megatron.commands.config", "print or validate a resolved config"),
@@ -57,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"genlip {name}", description=commands[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as exc:  # bad input: the message names what to fix; a traceback would not help
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"genlip {name}: error: {line}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # full disk, read-only or missing folder: the system's reason and the path
+        print(f"genlip {name}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

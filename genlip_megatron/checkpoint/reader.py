@@ -17,23 +17,16 @@ Optimizer state (`optimizer.*`) and ShardedObjects (`*_extra_state`, `rng_state`
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from genlip_megatron.checkpoint.run_dir import (
-    DIST_METADATA_FILE,
-    CheckpointError,
-    read_run_config,
-    resolve_checkpoint,
-)
+from genlip_megatron.checkpoint.run_dir import CheckpointError, read_run_config, resolve_checkpoint
+from genlip_megatron.checkpoint.safe_load import SafeFileSystemReader, check_backend, load_common
 
 _STACKED = "decoder.layers."
 NON_MODEL_PREFIXES = ("optimizer.", "rng_state")
@@ -68,23 +61,15 @@ class CheckpointReader(Mapping):
 
     def __init__(self, path: str):
         self.folder = resolve_checkpoint(path)
-        with open(os.path.join(self.folder, DIST_METADATA_FILE), encoding="utf-8") as f:
-            backend = json.load(f).get("sharded_backend")
-        if backend != "torch_dist":
-            raise ConversionError(f"{self.folder}: sharded backend {backend!r}, only torch_dist is supported")
-        self._reader = FileSystemReader(self.folder)
+        check_backend(self.folder)
+        # Every pickled part (.metadata, common.pt, stored objects, chunks) is read through
+        # checkpoint/safe_load.py; the shard files were checked with the metadata.
+        self._reader = SafeFileSystemReader(self.folder)
         self.metadata = self._reader.read_metadata()
         self._reader.set_up_storage_reader(self.metadata, is_coordinator=True)
-        self.common = self._read_common()
+        self.common = load_common(self.folder)
+        self._reader.check_objects()  # never used here, but a crafted one means a crafted folder
         self._index = self._build_index()
-        self._check_files()
-
-    def _read_common(self) -> dict:
-        common = os.path.join(self.folder, "common.pt")
-        if not os.path.isfile(common):
-            raise ConversionError(f"{self.folder}: common.pt is missing")
-        # weights_only: a checkpoint is data, never code to run.
-        return torch.load(common, map_location="cpu", weights_only=True)
 
     def _build_index(self) -> dict[str, tuple[str, int | None, torch.Size, torch.dtype]]:
         """name -> (stored key, layer index or None, shape, dtype)."""
@@ -108,12 +93,6 @@ class CheckpointReader(Mapping):
         if not index:
             raise ConversionError(f"{self.folder}: no model tensors in this checkpoint")
         return index
-
-    def _check_files(self) -> None:
-        files = {info.relative_path for info in self._reader.storage_data.values()}
-        missing = sorted(f for f in files if not os.path.isfile(os.path.join(self.folder, f)))
-        if missing:
-            raise ConversionError(f"{self.folder}: missing shard files {missing}")
 
     def run_config(self):
         """The training Config saved with the checkpoint (its YAML file, else the common state's)."""

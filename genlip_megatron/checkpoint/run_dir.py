@@ -27,6 +27,7 @@ import shutil
 
 from genlip_megatron.config.load import ConfigError, config_from_dict, load_config, save_config
 from genlip_megatron.config.schema import Config
+from genlip_megatron.errors import InputError
 
 LATEST = "latest"
 CONFIG_FILE = "config.yaml"
@@ -39,7 +40,7 @@ DIST_METADATA_FILE = "metadata.json"
 _ITER_DIR = re.compile(r"^iter_(\d{7,})$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A path that is not a usable checkpoint or run directory; str() is the one-line reason."""
 
 

@@ -27,10 +27,15 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from genlip_megatron.checkpoint import run_dir as layout
+from genlip_megatron.checkpoint.run_dir import CheckpointError
+from genlip_megatron.checkpoint.safe_load import load_common
+from genlip_megatron.checkpoint.safe_strategies import load_strategies
 from genlip_megatron.config.load import config_to_dict
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+# 2: RNG streams stored as tensors and ints (1 pickled numpy arrays; still read for weights only).
+FORMAT_VERSION = 2
+WEIGHTS_ONLY_FORMATS = (1, 2)
 
 
 def sharding_metadata() -> dict:
@@ -51,20 +56,32 @@ def parallel_layout() -> dict:
 
 
 def _rng_state() -> dict:
-    state = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    """This rank's RNG streams as plain data (tensors, ints, floats): nothing to unpickle on resume."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    state = {"random": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached_gauss)],
+             "torch": torch.get_rng_state(),
+             "tracker": dict(tensor_parallel.get_cuda_rng_tracker().get_states())}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+def _set_rng_state(state: dict, path: str) -> None:
+    try:
+        version, internal, gauss = state["random"]
+        kind, keys, pos, has_gauss, cached_gauss = state["numpy"]
+        random.setstate((version, tuple(internal.tolist()), gauss))
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"])
+        tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: rng_state of this rank is malformed ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _model_keys(model: list) -> list[str]:
@@ -141,20 +158,38 @@ def save_checkpoint(run_dir: str, iteration: int, modules, batch_source, counter
     write_checkpoint(path, state, cfg, async_queue=async_queue, on_complete=mark_complete)
 
 
+def _check_common(common: dict, path: str, finetune: bool) -> None:
+    """The keys a resume reads, with their types: one line naming the checkpoint otherwise."""
+    version = common.get("format_version")
+    if version != FORMAT_VERSION and not (finetune and version in WEIGHTS_ONLY_FORMATS):
+        raise CheckpointError(f"{path}: checkpoint format {version!r}, this version resumes format "
+                              f"{FORMAT_VERSION}" + (" (load it with checkpoint.finetune=true for its weights)"
+                                                     if version in WEIGHTS_ONLY_FORMATS else ""))
+    wanted = {"layout": dict} if finetune else {
+        "layout": dict, "iteration": int, "counters": dict, "scheduler": dict, "data": dict}
+    for key, kind in wanted.items():
+        if not isinstance(common.get(key), kind) or isinstance(common.get(key), bool):
+            raise CheckpointError(f"{path}/common.pt: `{key}` is {type(common.get(key)).__name__}, "
+                                  f"expected {kind.__name__}")
+    if not finetune and common["iteration"] < 0:
+        raise CheckpointError(f"{path}/common.pt: iteration {common['iteration']} is negative")
+
+
 def load_checkpoint(path: str, modules, batch_source, finetune: bool = False) -> dict:
     """Restore from checkpoint folder `path` into the current layout; return its counters.
 
     finetune: weights only (no optimizer, scheduler, data or RNG state; counters start at zero).
+    Every file is read through checkpoint/safe_load.py: a crafted folder is refused, never executed.
     """
-    common = dist_checkpointing.load_common_state_dict(path)
-    if common.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {common.get('format_version')} != {FORMAT_VERSION}")
+    strategies = load_strategies(path)
+    common = load_common(path)
+    _check_common(common, path, finetune)
     same_layout = common["layout"] == parallel_layout()
     if not same_layout and not finetune and dist.get_rank() == 0:
         log.warning("resharding %s from layout %s to %s: RNG streams are re-seeded, not restored",
                     path, common["layout"], parallel_layout())
     state = _sharded_state(modules, is_loading=True, optimizer=not finetune, rng=same_layout and not finetune)
-    loaded = dist_checkpointing.load(state, path)
+    loaded = dist_checkpointing.load(state, path, **strategies)
     for key, chunk in zip(_model_keys(modules.model), modules.model):
         chunk.module.load_state_dict(loaded[key])
     if finetune:
@@ -164,5 +199,5 @@ def load_checkpoint(path: str, modules, batch_source, finetune: bool = False) ->
     modules.scheduler.load_state_dict(common["scheduler"])
     batch_source.load_state_dict(common["data"])
     if same_layout:
-        _set_rng_state(loaded["rng_state"])
+        _set_rng_state(loaded["rng_state"], path)
     return {"iteration": common["iteration"], **common["counters"]}

@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genlip_megatron.checkpoint.run_dir import CheckpointError
+    from genlip_megatron.errors import InputError, describe_os_error
 
     try:
         if args.direction == "to-hf":
@@ -67,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
             from genlip_megatron.convert.to_timm import export_to_timm
 
             summary = export_to_timm(args.source, args.out, embed_proj_type=args.embed_proj_type, dtype=args.dtype)
-    except (CheckpointError, FileNotFoundError) as exc:  # ConversionError is a CheckpointError
+    except InputError as exc:  # ConversionError and CheckpointError among them
         print(f"genlip convert {args.direction}: refused: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"genlip convert {args.direction}: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -23,11 +23,12 @@ from typing import Any
 import yaml
 
 from genlip_megatron.config.schema import Config
+from genlip_megatron.errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """One or more configuration problems; str() is one problem per line."""
 
     def __init__(self, errors: list[str]):

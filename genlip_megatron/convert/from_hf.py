@@ -33,6 +33,7 @@ from genlip_megatron.config.load import load_config
 from genlip_megatron.config.schema import Config, padded_vocab_size
 from genlip_megatron.config.validate import validate
 from genlip_megatron.convert.mcore_names import hf_to_mcore
+from genlip_megatron.convert.output_folder import staged_output
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -193,6 +194,7 @@ def import_from_hf(folder: str, out: str, *, tp: int = 1, pp: int = 1, vpp: int 
     full = hf_to_mcore(tensors, num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
                        padded_vocab=padded, layer_spec="local")
     del tensors
-    _save_single_process(full, cfg, padded, out, folder)
+    with staged_output(out, is_previous=lambda f: False) as stage:  # never replaces a checkpoint
+        _save_single_process(full, cfg, padded, stage, folder)
     return {"checkpoint": out, "tp": tp, "pp": pp, "vpp": vpp, "padded_vocab": padded,
             "tensors": len(full), "resume_with": f"checkpoint.load={out} checkpoint.finetune=true"}

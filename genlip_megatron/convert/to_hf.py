@@ -13,6 +13,7 @@ The folder (hf_folder.py adds everything but the weights):
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -21,6 +22,7 @@ import torch
 from genlip_megatron.checkpoint.reader import CheckpointReader, ConversionError
 from genlip_megatron.config.schema import padded_vocab_size
 from genlip_megatron.convert.mcore_names import iter_mcore_to_hf
+from genlip_megatron.convert.output_folder import staged_output
 from genlip_megatron.convert.safetensors_stream import ShardedSafetensorsWriter
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
@@ -109,6 +111,15 @@ def write_weights(reader: CheckpointReader, cfg, folder: str, dtype: torch.dtype
             "parameters": sum(math.prod(s) for _, s, _ in plan)}
 
 
+def is_hf_export(folder: str) -> bool:
+    """A folder an earlier `convert to-hf` wrote (config.json of model_type genlip)."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("model_type") == "genlip"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
                  max_shard_bytes: int = 2 * 1024 ** 3, tokenizer: str | None = None,
                  eval_json: list[str] = ()) -> dict:
@@ -122,14 +133,15 @@ def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
     check_matches(reader, cfg)
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-    os.makedirs(out, exist_ok=True)
     config = hf_config(cfg)
-    weights = write_weights(reader, cfg, out, DTYPES.get(dtype), max_shard_bytes)
-    config.dtype = weights["dtype"]
-    config.to_json_file(os.path.join(out, "config.json"))
-    hf_folder.copy_modeling_code(out)
-    tokenizer_file = hf_folder.write_tokenizer(out, tokenizer or hf_folder.run_tokenizer(cfg))
-    hf_folder.write_image_processor(out, cfg)
-    card = hf_folder.write_model_card(out, reader, cfg, config, weights, eval_json)
+    with staged_output(out, is_previous=is_hf_export) as stage:
+        weights = write_weights(reader, cfg, stage, DTYPES.get(dtype), max_shard_bytes)
+        config.dtype = weights["dtype"]
+        config.to_json_file(os.path.join(stage, "config.json"))
+        hf_folder.copy_modeling_code(stage)
+        tokenizer_file = hf_folder.write_tokenizer(stage, tokenizer or hf_folder.run_tokenizer(cfg))
+        hf_folder.write_image_processor(stage, cfg)
+        card = hf_folder.write_model_card(stage, reader, cfg, config, weights, eval_json)
+    card = os.path.join(out, os.path.basename(card))
     return {"folder": out, "checkpoint": reader.folder, "iteration": reader.common.get("iteration"),
             "tokenizer": tokenizer_file, "model_card": card, **weights}

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from genlip_megatron.checkpoint.reader import ConversionError
+from genlip_megatron.convert.output_folder import staged_output
 from genlip_megatron.convert.timm_names import TEXT_ONLY_PREFIXES, naflexvit_kwargs, to_timm_state_dict
 
 TIMM_CONFIG = "timm_config.json"
@@ -68,10 +69,11 @@ def export_to_timm(source: str, out: str, *, embed_proj_type: str = "conv", dtyp
             raise ConversionError(f"unknown dtype {dtype!r}; choose from fp32, bf16, fp16")
         state = {k: v.to(target) for k, v in state.items()}
     kwargs = naflexvit_kwargs(config) | {"embed_proj_type": embed_proj_type}
-    os.makedirs(out, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out, "model.safetensors"),
-              metadata={"format": "pt"})
-    with open(os.path.join(out, TIMM_CONFIG), "w", encoding="utf-8") as f:
-        json.dump({"model_cls": "timm.models.naflexvit.NaFlexVit", "min_timm_version": "1.0.31",
-                   "cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}, f, indent=2)
+    with staged_output(out, is_previous=lambda f: os.path.isfile(os.path.join(f, TIMM_CONFIG))) as stage:
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(stage, "model.safetensors"),
+                  metadata={"format": "pt"})
+        with open(os.path.join(stage, TIMM_CONFIG), "w", encoding="utf-8") as f:
+            json.dump({"model_cls": "timm.models.naflexvit.NaFlexVit", "min_timm_version": "1.0.31",
+                       "cfg": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}, f,
+                      indent=2)
     return {"folder": out, "tensors": len(state), "cfg": kwargs}

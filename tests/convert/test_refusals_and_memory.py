@@ -14,6 +14,7 @@ import torch
 from convert_runs import reference_hf_model
 
 from genlip_megatron.checkpoint.reader import ConversionError
+from genlip_megatron.checkpoint.run_dir import CheckpointError
 from genlip_megatron.convert.from_hf import import_from_hf
 from genlip_megatron.convert.to_hf import export_to_hf
 
@@ -45,7 +46,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
 def test_missing_shard_file_is_refused(checkpoint, tmp_path):
     copy = _copy(checkpoint["checkpoint"], tmp_path)
     os.remove(next(copy.glob("*.distcp")))
-    with pytest.raises(ConversionError, match="missing shard files"):
+    with pytest.raises(CheckpointError, match="missing shard file"):
         export_to_hf(str(copy), str(tmp_path / "out"))
 
 
