@@ -56,7 +56,7 @@ def stream_and_decode(tars: list[str]) -> tuple[int, int]:
     samples = nbytes = 0
     for path in tars:
         with open_tar_stream(path) as stream:
-            for name, _, data, _ in iter_tar_members(stream, 1 << 30):
+            for name, _, data, _, _ in iter_tar_members(stream, 1 << 30):
                 if name.endswith(".jpg"):
                     simplejpeg.decode_jpeg(data)
                     samples += 1

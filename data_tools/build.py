@@ -8,11 +8,12 @@ array task twice) finishes the work without duplicating or losing a sample.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
+import uuid
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -20,15 +21,49 @@ from dataclasses import asdict
 from tqdm import tqdm
 
 from data_tools.sources import Unit, plan_units
-from data_tools.unit import BuildSettings, process_unit, write_json_atomic
+from data_tools.unit import BuildSettings, process_unit
+from genlip_megatron.data.input_files import one_line, read_bounded
 from genlip_megatron.data.manifest import TOKENIZER_NAME
-from genlip_megatron.data.tokenizer import Tokenizer, file_sha256
+from genlip_megatron.data.shards import fsync_dir
+from genlip_megatron.data.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, file_sha256
 
 PLAN_NAME = "plan.json"
 
 
 class BuildError(Exception):
     """A build cannot start or finish; the message is one line naming the file."""
+
+
+def _claim_plan(plan_path: str, plan: dict) -> None:
+    """Create plan.json unless it exists, atomically (link of a complete temporary file): of two
+    builds started at once into one folder exactly one plan wins, and the other build compares
+    against it. plan.json is never rewritten, so a folder holds one build's shards only."""
+    tmp = f"{plan_path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(plan, indent=1, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, plan_path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    fsync_dir(os.path.dirname(plan_path))
+
+
+def _check_plan(plan_path: str, plan: dict) -> None:
+    try:
+        with open(plan_path, encoding="utf-8") as f:
+            previous = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{plan_path}: cannot read ({exc}); use a new output directory") from None
+    if previous != plan:
+        differ = [k for k in sorted(set(plan) | set(previous)) if plan.get(k) != previous.get(k)]
+        raise BuildError(
+            f"{plan_path}: this folder holds a build with other {', '.join(differ)}; a folder holds one "
+            "build (same inputs, settings, tokenizer and prompt): use a new output directory"
+        )
 
 
 def _prepare_output(out_dir: str, plan: dict, tokenizer_path: str) -> None:
@@ -41,20 +76,19 @@ def _prepare_output(out_dir: str, plan: dict, tokenizer_path: str) -> None:
     except OSError as exc:
         raise BuildError(f"{out_dir}: cannot write to the output directory ({exc.strerror or exc})") from None
     plan_path = os.path.join(out_dir, PLAN_NAME)
-    if os.path.exists(plan_path):
-        with open(plan_path, encoding="utf-8") as f:
-            previous = json.load(f)
-        if previous != plan:
-            raise BuildError(
-                f"{plan_path}: this folder holds a build with other inputs, settings or tokenizer; "
-                "use a new output directory"
-            )
-    else:
-        write_json_atomic(plan_path, plan, shared=True)
+    if not os.path.lexists(plan_path):
+        _claim_plan(plan_path, plan)
+    _check_plan(plan_path, plan)
     copy = os.path.join(out_dir, TOKENIZER_NAME)
-    if not os.path.exists(copy) or file_sha256(copy) != plan["tokenizer"]["sha256"]:
-        tmp = f"{copy}.{os.getpid()}.{os.urandom(4).hex()}.tmp"  # tasks may copy at the same time
-        shutil.copyfile(tokenizer_path, tmp)
+    if not os.path.isfile(copy) or file_sha256(copy) != plan["tokenizer"]["sha256"]:
+        data = read_bounded(tokenizer_path, MAX_TOKENIZER_BYTES)  # the very bytes whose hash is planned
+        if hashlib.sha256(data).hexdigest() != plan["tokenizer"]["sha256"]:
+            raise BuildError(f"{tokenizer_path}: changed while the build started")
+        tmp = f"{copy}.{uuid.uuid4().hex}.tmp"  # tasks may copy at the same time
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, copy)
 
 
@@ -74,6 +108,8 @@ def make_plan(inputs: list[str], tokenizer: Tokenizer, settings: BuildSettings, 
 
 def task_slice(units: list, task_index: int, num_tasks: int) -> list:
     """Round-robin slice: neighbouring (similar-sized) units spread over tasks."""
+    if num_tasks < 1:
+        raise BuildError(f"the number of tasks must be at least 1, got {num_tasks}")
     if not 0 <= task_index < num_tasks:
         raise BuildError(f"task index {task_index} is outside 0..{num_tasks - 1}")
     return units[task_index::num_tasks]
@@ -83,6 +119,8 @@ def run_build(inputs: list[str], out_dir: str, tokenizer_path: str, settings: Bu
               prompt: str, workers: int = 1, task_index: int = 0, num_tasks: int = 1,
               progress: bool = True) -> dict:
     """Build this task's units; return {"reports": [...], "failed": [...], "totals": {...}}."""
+    if workers < 1:
+        raise BuildError(f"--workers must be at least 1, got {workers}")
     tokenizer_path = os.path.abspath(tokenizer_path)
     tokenizer = Tokenizer.from_file(tokenizer_path)
     plan = make_plan(inputs, tokenizer, settings, prompt)
@@ -97,12 +135,12 @@ def run_build(inputs: list[str], out_dir: str, tokenizer_path: str, settings: Bu
         nonlocal samples
         if error is not None:
             failed.append(unit.name)
-            tqdm.write(f"error: {unit.name} ({unit.path}): {error}", file=sys.stderr)
+            tqdm.write(one_line(f"error: {unit.name} ({unit.path}): {error}"), file=sys.stderr)
         else:
             reports.append(report)
             samples += report["num_samples"]
             for line in report["errors"]:
-                tqdm.write(f"warning: {line}", file=sys.stderr)
+                tqdm.write(one_line(f"warning: {line}"), file=sys.stderr)
         bar.update(1)
         bar.set_postfix(samples=samples, failed=len(failed))
 

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Optional
 
+from data_tools.sources import SampleProblem
+
 _WHITESPACE = re.compile(r"\s+")
+MAX_RAW_CAPTION = 1 << 20  # characters (or bytes) of one caption field before cleaning
 
 
-class CaptionReject(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+class CaptionReject(SampleProblem):
+    """A sample's caption cannot be used (reason: missing_caption, empty_caption, caption_too_long,
+    bad_json, ...)."""
 
 
 @dataclass(frozen=True)
@@ -31,15 +34,42 @@ class CaptionSettings:
     max_tokens: int = 512
     seed: int = 0
 
+    def __post_init__(self):
+        if not self.fields or not all(isinstance(f, str) and f for f in self.fields):
+            raise ValueError(f"--caption-field must name non-empty fields, got {list(self.fields)}")
+        if self.mix is not None:
+            if len(self.mix) != len(self.fields):
+                raise ValueError(f"--caption-mix has {len(self.mix)} weights for {len(self.fields)} fields")
+            if not all(math.isfinite(w) and w >= 0 for w in self.mix) or not sum(self.mix) > 0:
+                raise ValueError(f"--caption-mix weights must be finite, >= 0 and not all 0, got {list(self.mix)}")
+        for name, flag in (("max_chars", "--max-caption-chars"), ("max_tokens", "--max-caption-tokens")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+        if self.max_chars > MAX_RAW_CAPTION:
+            raise ValueError(f"--max-caption-chars must be at most {MAX_RAW_CAPTION}, got {self.max_chars}")
+
+
+def parse_json(raw: bytes) -> object:
+    """`json.loads` that fails only with a one-line ValueError, also for nesting too deep for the
+    parser (RecursionError) and for bytes that are not UTF-8."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"invalid JSON ({str(exc)[:100]})") from None
+
 
 def parse_json_fields(raw: bytes) -> dict:
-    """Top-level string fields of a WebDataset .json member; malformed JSON yields no fields."""
+    """Top-level string fields of a WebDataset .json member; CaptionReject("bad_json") when it is
+    not a JSON object."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}
+        data = parse_json(raw)
+    except ValueError as exc:
+        raise CaptionReject("bad_json", str(exc)) from None
     if not isinstance(data, dict):
-        return {}
+        raise CaptionReject("bad_json", f"a JSON {type(data).__name__}, not an object")
     return {k: v for k, v in data.items() if isinstance(v, (str, bytes))}
 
 
@@ -80,6 +110,8 @@ def select_caption(key: str, captions: dict, settings: CaptionSettings) -> tuple
     if not present:
         raise CaptionReject("missing_caption", f"no field among {list(settings.fields)}")
     for name in present:
+        if len(captions[name]) > MAX_RAW_CAPTION:  # bounded work per sample (nobody captions in megabytes)
+            raise CaptionReject("caption_too_long", f"{len(captions[name])} characters before cleaning")
         text, repaired = clean_caption(captions[name])
         if not text:
             continue

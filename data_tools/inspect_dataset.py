@@ -8,9 +8,8 @@ import os
 import numpy as np
 
 from data_tools.unit import TOKEN_BIN_EDGES
-from genlip_megatron.data.manifest import Manifest, open_dataset
+from genlip_megatron.data.manifest import Manifest, load_tokenizer, open_dataset
 from genlip_megatron.data.shards import ShardError, ShardReader, verify_shard
-from genlip_megatron.data.tokenizer import Tokenizer
 
 
 def dataset_info(manifest_path: str) -> dict:
@@ -60,13 +59,19 @@ def format_info(info: dict) -> str:
 
 
 def verify_dataset(manifest_path: str) -> list[str]:
-    """Re-hash every shard against its index and the manifest; return one line per problem."""
+    """Check the tokenizer.json against the manifest's hash, re-hash every shard against its index
+    and the manifest, range-check every token id; return one line per problem."""
     manifest = Manifest.load(manifest_path)
     problems = []
+    vocab_size = manifest.tokenizer["vocab_size"]
+    try:
+        vocab_size = min(vocab_size, load_tokenizer(manifest).vocab_size)
+    except (ShardError, ValueError) as exc:
+        problems.append(str(exc))
     for s, entry in enumerate(manifest.shards):
         prefix = manifest.shard_prefix(s)
         try:
-            count = verify_shard(prefix)
+            count = verify_shard(prefix, vocab_size=vocab_size)
             with open(prefix + ".idx", "rb") as f:
                 idx_sha = hashlib.sha256(f.read()).hexdigest()
             reader = ShardReader(prefix)
@@ -85,7 +90,7 @@ def show_sample(manifest_path: str, i: int, out_dir: str) -> tuple[str, str]:
     """Write sample i's image (`sample-<i>.jpg`) and caption (`sample-<i>.txt`); return both paths."""
     dataset = open_dataset(manifest_path)
     sample = dataset[i]
-    caption = Tokenizer.from_file(dataset.manifest.tokenizer_path).decode(sample.tokens.tolist())
+    caption = load_tokenizer(dataset.manifest).decode(sample.tokens.tolist())
     os.makedirs(out_dir, exist_ok=True)
     image_path = os.path.join(out_dir, f"sample-{i}.jpg")
     text_path = os.path.join(out_dir, f"sample-{i}.txt")

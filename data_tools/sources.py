@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
+from genlip_megatron.data.input_files import InputFileError, count_lines, open_regular
+
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
 JSONL_SUFFIXES = (".jsonl",)
@@ -40,6 +42,15 @@ class Reject:
     detail: str = ""
 
 
+class SampleProblem(Exception):
+    """One sample cannot be used. `reason` is its reject code in the unit's report; readers and
+    unit.py turn it (and any other exception a sample causes) into a counted `Reject`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
 @dataclass(frozen=True)
 class SourceSettings:
     image_field: str = "image"  # parquet column / JSONL key holding the image (bytes or path)
@@ -47,6 +58,15 @@ class SourceSettings:
     image_root: Optional[str] = None  # JSONL: folder image paths are relative to (default: its own)
     max_member_bytes: int = 64 << 20  # larger tar members / image files are rejected unread
     jsonl_lines_per_unit: int = 10000
+
+    def __post_init__(self):
+        for name in ("image_field", "key_field"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
+        for name, flag in (("max_member_bytes", "--max-image-bytes"), ("jsonl_lines_per_unit", "--jsonl-lines-per-shard")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
 
 
 Item = Union[RawSample, Reject]
@@ -60,19 +80,26 @@ def _kind(path: str) -> Optional[str]:
     return None
 
 
+def _regular(path: str) -> str:
+    """Inputs are regular files: a FIFO or device named like an input would hang or never end."""
+    if not os.path.isfile(path):  # follows symlinks: a link to a real file is fine
+        raise ValueError(f"{path}: not a regular file (a FIFO, device or broken link cannot be an input)")
+    return path
+
+
 def expand_inputs(inputs: list[str]) -> list[str]:
     """Files, folders (searched recursively for known suffixes) and globs -> sorted unique files."""
     found: set[str] = set()
     for item in inputs:
         if os.path.isdir(item):
             for root, _, files in os.walk(item):
-                found.update(os.path.join(root, f) for f in files if _kind(f))
-        elif os.path.exists(item):
+                found.update(_regular(os.path.join(root, f)) for f in files if _kind(f))
+        elif os.path.lexists(item):
             if _kind(item) is None:
                 raise ValueError(f"{item}: unknown input type (expected .tar, .parquet or .jsonl)")
-            found.add(item)
+            found.add(_regular(item))
         else:
-            matches = [m for m in glob.glob(item) if _kind(m)]
+            matches = [_regular(m) for m in glob.glob(item) if _kind(m)]
             if not matches:
                 raise ValueError(f"{item}: no such input file, folder or glob match")
             found.update(matches)
@@ -85,8 +112,11 @@ def plan_units(inputs: list[str], settings: SourceSettings) -> list[Unit]:
     for path in expand_inputs(inputs):
         kind = _kind(path)
         if kind == "jsonl":
-            with open(path, "rb") as f:
-                lines = sum(1 for _ in f)
+            try:
+                with open_regular(path) as f:
+                    lines = count_lines(f)
+            except InputFileError as exc:
+                raise ValueError(str(exc)) from None
             step = settings.jsonl_lines_per_unit
             for start in range(0, max(lines, 1), step):
                 units.append(Unit(f"shard-{len(units):06d}", kind, path, start, min(start + step, lines)))

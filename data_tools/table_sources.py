@@ -3,13 +3,15 @@ folder of images."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterator
 
-from data_tools.sources import Item, RawSample, Reject, SourceSettings
+from data_tools.captions import parse_json
+from data_tools.sources import Item, RawSample, Reject, SampleProblem, SourceSettings
+from genlip_megatron.data.input_files import InputFileError, iter_lines, open_regular, read_bounded
 
 _PARQUET_BATCH_ROWS = 256
+MAX_JSONL_LINE_BYTES = 4 << 20  # a longer line is rejected (bad_jsonl_line), skipped unread
 
 
 def _image_bytes(value) -> bytes | None:
@@ -19,6 +21,13 @@ def _image_bytes(value) -> bytes | None:
     return value if isinstance(value, (bytes, bytearray)) else None
 
 
+def _key_of(value) -> str | None:
+    """A sample id from a record: strings and integers only (a nested value is not an id)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return None
+    return str(value)
+
+
 def iter_parquet(path: str, settings: SourceSettings) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
@@ -26,72 +35,90 @@ def iter_parquet(path: str, settings: SourceSettings) -> Iterator[Item]:
     seen: set[str] = set()
     row = 0
     try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        if settings.image_field not in names:
-            yield Reject(path, "input_error", f"{path}: no image column {settings.image_field!r} in {names}")
-            return
-        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-            for record in batch.to_pylist():
-                key = str(record.get(settings.key_field) or f"{stem}/{row:09d}")
-                row += 1
-                if key in seen:
-                    yield Reject(key, "duplicate_key")
-                    continue
-                seen.add(key)
-                image = _image_bytes(record.pop(settings.image_field))
-                if image is None:
-                    yield Reject(key, "missing_image")
-                    continue
-                yield RawSample(key, bytes(image), record)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        yield Reject(path, "input_error", f"{path}: unreadable after {row} rows ({exc})")
+        with open_regular(path) as f:
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            if settings.image_field not in names:
+                yield Reject(path, "input_error", f"{path}: no image column {settings.image_field!r} in {names}")
+                return
+            for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
+                for record in batch.to_pylist():
+                    key = _key_of(record.get(settings.key_field)) or f"{stem}/{row:09d}"
+                    row += 1
+                    if key in seen:
+                        yield Reject(key, "duplicate_key")
+                        continue
+                    seen.add(key)
+                    image = _image_bytes(record.pop(settings.image_field))
+                    if image is None:
+                        yield Reject(key, "missing_image")
+                    elif len(image) > settings.max_member_bytes:
+                        yield Reject(key, "member_too_large", f"{len(image)} bytes")
+                    else:
+                        yield RawSample(key, bytes(image), record)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError, ValueError, TypeError, KeyError, ...
+        yield Reject(path, "input_error", f"{path}: unreadable after {row} rows ({type(exc).__name__}: {exc})")
 
 
-def _safe_join(root: str, relative: str) -> str | None:
-    if os.path.isabs(relative) or ".." in relative.replace("\\", "/").split("/"):
-        return None
+def _image_path(root: str, relative) -> str:
+    """The image file a JSONL record names, or SampleProblem: absolute, `..`, NUL, unencodable."""
+    if not isinstance(relative, str):
+        raise SampleProblem("missing_image", "no image path")
+    if "\0" in relative or os.path.isabs(relative) or ".." in relative.replace("\\", "/").split("/"):
+        raise SampleProblem("unsafe_path", repr(relative[:200]))
+    try:
+        os.fsencode(relative)
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        raise SampleProblem("unsafe_path", f"{relative[:200]!r} is not a valid file name") from None
     return os.path.join(root, relative)
+
+
+def _jsonl_record(line: bytes | None, where: str, settings: SourceSettings, root: str) -> tuple[str, dict, str]:
+    """(key, caption fields, image path) of one JSONL line; SampleProblem when it cannot be used."""
+    if line is None:
+        raise SampleProblem("bad_jsonl_line", f"line longer than {MAX_JSONL_LINE_BYTES} bytes")
+    try:
+        record = parse_json(line)
+    except ValueError as exc:
+        raise SampleProblem("bad_jsonl_line", str(exc)) from None
+    if not isinstance(record, dict):
+        raise SampleProblem("bad_jsonl_line", "not a JSON object")
+    relative = record.pop(settings.image_field, None)
+    key = _key_of(record.get(settings.key_field)) or (relative if isinstance(relative, str) and relative else where)
+    return key, record, _image_path(root, relative) if isinstance(relative, str) else relative
 
 
 def iter_jsonl(path: str, start: int, stop: int, settings: SourceSettings) -> Iterator[Item]:
     root = settings.image_root or os.path.dirname(path)
     seen: set[str] = set()
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f):
+    try:
+        f = open_regular(path)
+    except InputFileError as exc:
+        yield Reject(path, "input_error", str(exc))
+        return
+    with f:
+        for lineno, line in enumerate(iter_lines(f, MAX_JSONL_LINE_BYTES)):
             if lineno < start:
                 continue
             if 0 <= stop <= lineno:
                 break
             where = f"{os.path.basename(path)}:{lineno + 1}"
             try:
-                record = json.loads(line)
-            except (ValueError, UnicodeDecodeError) as exc:
-                yield Reject(where, "bad_jsonl_line", str(exc))
+                key, record, image_path = _jsonl_record(line, where, settings, root)
+            except SampleProblem as exc:
+                yield Reject(where, exc.reason, exc.detail)
                 continue
-            if not isinstance(record, dict):
-                yield Reject(where, "bad_jsonl_line", "not a JSON object")
-                continue
-            relative = record.pop(settings.image_field, None)
-            key = str(record.get(settings.key_field) or relative or where)
             if key in seen:
                 yield Reject(key, "duplicate_key", where)
                 continue
             seen.add(key)
-            if not isinstance(relative, str):
+            if not isinstance(image_path, str):
                 yield Reject(key, "missing_image", f"{where}: no {settings.image_field!r} path")
                 continue
-            image_path = _safe_join(root, relative)
-            if image_path is None:
-                yield Reject(key, "unsafe_path", relative)
-                continue
             try:
-                if os.path.getsize(image_path) > settings.max_member_bytes:
-                    yield Reject(key, "member_too_large", relative)
-                    continue
-                with open(image_path, "rb") as image_file:
-                    image = image_file.read()
-            except OSError:
-                yield Reject(key, "missing_image", f"{where}: cannot read {relative}")
+                image = read_bounded(image_path, settings.max_member_bytes)
+            except InputFileError as exc:
+                reason = {"too_large": "member_too_large", "not_regular_file": "not_regular_file"}.get(exc.reason)
+                yield Reject(key, reason or "missing_image", f"{where}: {exc}")
                 continue
             yield RawSample(key, image, record)

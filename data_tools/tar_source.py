@@ -9,8 +9,9 @@ rejected (`unsafe_path`) because such a tar was not written by img2dataset.
 from __future__ import annotations
 
 import posixpath
-from typing import Iterator
+from typing import Callable, Iterator
 
+from data_tools.captions import CaptionReject, parse_json_fields
 from data_tools.sources import Item, RawSample, Reject, SourceSettings
 from data_tools.tar_stream import (
     DIRECTORY_TYPE,
@@ -22,6 +23,7 @@ from data_tools.tar_stream import (
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 CAPTION_EXTENSIONS = {"txt", "json"}
+MAX_CAPTION_MEMBER_BYTES = 1 << 20  # a .txt/.json member above this is rejected unread
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -34,7 +36,27 @@ def _is_unsafe(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/") or "\\" in name or "\0" in name
 
 
+def _member_limit(settings: SourceSettings) -> Callable[[str], int]:
+    """Bytes of a member worth reading: images up to max_member_bytes, captions up to 1 MiB, and
+    nothing of any other member (its name still counts for the sample's grouping)."""
+
+    def limit(name: str) -> int:
+        ext = split_member_name(name)[1]
+        if ext in IMAGE_EXTENSIONS:
+            return settings.max_member_bytes
+        return MAX_CAPTION_MEMBER_BYTES if ext in CAPTION_EXTENSIONS else -1
+
+    return limit
+
+
+class _TooLarge(str):
+    """Marks a member skipped unread for its size; the whole sample is then one reject."""
+
+
 def _group_to_item(key: str, members: dict[str, bytes]) -> Item:
+    too_large = [m for m in members.values() if isinstance(m, _TooLarge)]
+    if too_large:
+        return Reject(key, "member_too_large", too_large[0])
     images = [ext for ext in members if ext in IMAGE_EXTENSIONS]
     has_caption = any(ext in CAPTION_EXTENSIONS for ext in members)
     if not images:
@@ -43,9 +65,10 @@ def _group_to_item(key: str, members: dict[str, bytes]) -> Item:
     if "txt" in members:
         captions["txt"] = members["txt"]
     if "json" in members:
-        from data_tools.captions import parse_json_fields
-
-        captions.update(parse_json_fields(members["json"]))
+        try:
+            captions.update(parse_json_fields(members["json"]))
+        except CaptionReject as exc:
+            return Reject(key, exc.reason, str(exc))
     return RawSample(key, members[images[0]], captions)
 
 
@@ -55,9 +78,12 @@ def iter_tar(path: str, settings: SourceSettings) -> Iterator[Item]:
     count = 0
     try:
         with open_tar_stream(path) as stream:
-            for name, kind, data, size in iter_tar_members(stream, settings.max_member_bytes):
+            for name, kind, data, size, problem in iter_tar_members(stream, _member_limit(settings)):
                 count += 1
                 if kind == DIRECTORY_TYPE:
+                    continue
+                if problem is not None:  # its name may be wrong: it joins no group
+                    yield Reject(name, "bad_tar_header", problem)
                     continue
                 if kind not in REGULAR_TYPES:
                     yield Reject(name, "unsafe_member", "link or device member")
@@ -80,10 +106,9 @@ def iter_tar(path: str, settings: SourceSettings) -> Iterator[Item]:
                 if ext in members:
                     yield Reject(member_key, "duplicate_key", name)
                     continue
-                if data is None:
-                    yield Reject(member_key, "member_too_large", f"{name}: {size} bytes")
-                    continue
-                members[ext] = data
+                if data is None and (ext in IMAGE_EXTENSIONS or ext in CAPTION_EXTENSIONS):
+                    data = _TooLarge(f"{name}: {size} bytes")
+                members[ext] = data  # None for a member of another kind: named, never read
     except STREAM_ERRORS as exc:
         # The sample in flight may lack members: drop it rather than guess; earlier ones are whole.
         if key is not None:

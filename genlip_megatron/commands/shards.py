@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--key-field", default="key", help="parquet column / JSONL key of the sample id")
     b.add_argument("--image-root", help="JSONL: folder image paths are relative to")
     b.add_argument("--jsonl-lines-per-shard", type=int, default=10000)
+    b.add_argument("--max-image-bytes", type=int, default=64 << 20,
+                   help="larger images (tar members, files, parquet cells) are rejected unread")
     b.add_argument("--max-side", type=int, help="resize images whose longer side exceeds this")
     b.add_argument("--min-side", type=int, default=1, help="reject images smaller than this")
     b.add_argument("--max-pixels", type=int, default=64_000_000, help="decompression-bomb limit")
@@ -54,14 +56,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default=".")
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value[:40]!r} is not an integer") from None
+
+
 def _slice(args) -> tuple[int, int]:
     task = args.task_index
     count = args.num_tasks
     if task is None:
-        task = int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+        task = _env_int("SLURM_ARRAY_TASK_ID", 0) - _env_int("SLURM_ARRAY_TASK_MIN", 0)
     if count is None:
-        count = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1))
+        count = _env_int("SLURM_ARRAY_TASK_COUNT", 1)
     return task, count
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--caption-mix {text[:60]!r}: expected comma-separated numbers") from None
 
 
 def _build(args) -> int:
@@ -73,12 +92,10 @@ def _build(args) -> int:
     from genlip_megatron.data.image_codec import ImageSettings
 
     fields = tuple(args.caption_field or ["txt"])
-    mix = tuple(float(x) for x in args.caption_mix.split(",")) if args.caption_mix else None
-    if mix is not None and len(mix) != len(fields):
-        print(f"error: --caption-mix has {len(mix)} weights for {len(fields)} fields", file=sys.stderr)
-        return 2
+    mix = _weights(args.caption_mix) if args.caption_mix else None
     settings = BuildSettings(
         source=SourceSettings(args.image_field, args.key_field, args.image_root,
+                              max_member_bytes=args.max_image_bytes,
                               jsonl_lines_per_unit=args.jsonl_lines_per_shard),
         caption=CaptionSettings(fields, mix, args.max_caption_chars, args.max_caption_tokens, args.seed),
         image=ImageSettings(args.max_side, args.min_side, args.max_pixels, args.jpeg_quality, args.reencode),
@@ -106,6 +123,7 @@ def _build(args) -> int:
 
 def run(args) -> int:
     from data_tools.build import BuildError
+    from genlip_megatron.data.input_files import InputFileError, one_line
     from genlip_megatron.data.shards import ShardError
 
     try:
@@ -126,12 +144,12 @@ def run(args) -> int:
         if args.action == "verify":
             problems = inspect_dataset.verify_dataset(args.manifest)
             for line in problems:
-                print(f"error: {line}", file=sys.stderr)
-            print("ok" if not problems else f"{len(problems)} shards failed verification")
+                print(one_line(f"error: {line}"), file=sys.stderr)
+            print("ok" if not problems else f"{len(problems)} problems found")
             return 1 if problems else 0
         image, text = inspect_dataset.show_sample(args.manifest, args.index, args.out)
         print(f"wrote {image} and {text}")
         return 0
-    except (BuildError, ShardError, ValueError, IndexError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (BuildError, ShardError, InputFileError, ValueError, IndexError) as exc:
+        print(one_line(f"error: {exc}"), file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The DALI image graph: encoded bytes -> decoded, cropped, resized, normalised CHW float images.
 
     external_source (parallel Python workers read JPEG bytes + per-sample crop window and output size)
-      -> decoders.image on "mixed" (GPU: nvJPEG / hardware decoder) or "cpu" (libjpeg-turbo)
+      -> decoders.image on "mixed" (GPU: nvJPEG / hardware decoder) or "cpu" (libjpeg-turbo),
+         EXIF orientation ignored (shards store upright pixels; see image_codec)
       -> resize(window -> size)   stage 1: square image_size; stage 2: native size (multiples of P)
       -> crop_mirror_normalize (mean = std = 0.5, CHW float32)
       -> pad to the batch's largest (h, w) (stage 2 only; keeps the batch dense) + true sizes
@@ -89,7 +90,10 @@ def build_image_pipeline(
             parallel=True,
             dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT],
         )
-        images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
+        # adjust_orientation=False: pixels as stored, like the reference decoder and the stored
+        # height x width (the shard build already turned EXIF-rotated images upright).
+        images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB,
+                                   adjust_orientation=False)
         images = fn.resize(
             images,
             size=size,

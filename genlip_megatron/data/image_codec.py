@@ -1,10 +1,16 @@
-"""Turn arbitrary encoded image bytes into the one form shards hold: a decodable 8-bit RGB JPEG.
+"""Turn arbitrary encoded image bytes into the one form shards hold: a decodable 8-bit RGB JPEG
+whose stored pixels are upright.
 
-Fast path: a YCbCr/RGB JPEG that needs no resize keeps its original bytes (validated by a full
-decode), so preprocessing costs about one decode per image. Everything else (CMYK/YCCK or grey
-JPEG, PNG, WebP, GIF, palette, 16-bit, alpha) is decoded with Pillow, flattened onto white,
-converted to RGB and re-encoded. A failure raises `ImageReject` with a short reason code that the
-preprocessing report counts; nothing here ever raises anything else for bad bytes.
+Fast path: a YCbCr/RGB JPEG that needs no resize and no rotation keeps its original bytes
+(validated by a full decode), so preprocessing costs about one decode per image. Everything else
+(CMYK/YCCK or grey JPEG, PNG, WebP, GIF, palette, 16-bit, alpha) is decoded with Pillow, flattened
+onto white, converted to RGB and re-encoded. A failure raises `ImageReject` with a short reason
+code that the preprocessing report counts.
+
+EXIF orientation is applied here, once: an image tagged as rotated or mirrored is turned upright
+and re-encoded without EXIF, so the stored height x width is what every decoder shows. The loader's
+decoders (DALI with `adjust_orientation=False`, the reference) then decode the stored pixels as
+they are and agree with each other and with the stored size, for these shards and any older ones.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 JPEG_SOI = b"\xff\xd8"
+JPEG_MAX_SIDE = 65500  # libjpeg-turbo's JPEG_MAX_DIMENSION: no JPEG can be wider or taller
+EXIF_ORIENTATION = 0x0112
 _KEEP_COLORSPACES = ("YCbCr", "RGB")
+# EXIF orientation -> the transpose that makes the image upright (TIFF/EXIF 2.3, tag 274)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class ImageReject(Exception):
@@ -38,6 +50,22 @@ class ImageSettings:
     jpeg_quality: int = 95
     reencode: str = "auto"  # "auto": only when needed | "always": decode and re-encode every image
 
+    def __post_init__(self):
+        for name, flag, low, high in (("max_side", "--max-side", 1, JPEG_MAX_SIDE),
+                                      ("min_side", "--min-side", 1, JPEG_MAX_SIDE),
+                                      ("max_pixels", "--max-pixels", 1, None),
+                                      ("jpeg_quality", "--jpeg-quality", 1, 100)):
+            value = getattr(self, name)
+            if value is None and name == "max_side":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+                bounds = f"between {low} and {high}" if high else f"at least {low}"
+                raise ValueError(f"{flag} must be an integer {bounds}, got {value!r}")
+        if self.max_side is not None and self.min_side > self.max_side:
+            raise ValueError(f"--min-side {self.min_side} > --max-side {self.max_side} would reject every image")
+        if self.reencode not in ("auto", "always"):
+            raise ValueError(f"--reencode must be 'auto' or 'always', got {self.reencode!r}")
+
 
 @dataclass(frozen=True)
 class PreparedImage:
@@ -52,6 +80,50 @@ def _check_size(height: int, width: int, s: ImageSettings) -> None:
         raise ImageReject("too_many_pixels", f"{width}x{height} > {s.max_pixels} pixels")
     if min(height, width) < s.min_side:
         raise ImageReject("too_small", f"{width}x{height}, min side {s.min_side}")
+    if s.max_side is None and max(height, width) > JPEG_MAX_SIDE:  # (max_side itself is <= the limit)
+        raise ImageReject("side_too_long", f"{width}x{height}: a JPEG side is at most {JPEG_MAX_SIDE} "
+                          "(set --max-side to shrink such images)")
+
+
+def jpeg_has_exif(data: bytes) -> bool:
+    """Whether a JPEG carries an EXIF APP1 segment: walks the marker segments up to the scan, so
+    the common case (no EXIF) costs microseconds and never a parse."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA or marker == 0xD9:  # start of scan / end of image: no more headers
+            return False
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\0\0":
+            return True
+        pos += 2 + max(length, 2)
+    return False
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """EXIF orientation 1..8 of an opened image (1: upright; malformed EXIF counts as upright)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": read as upright, below
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not lose an otherwise good image
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    if not jpeg_has_exif(data):
+        return 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on a damaged EXIF block
+            with Image.open(io.BytesIO(data)) as image:
+                return exif_orientation(image)
+    except Exception:  # noqa: BLE001 - the full decode below decides whether the JPEG is usable
+        return 1
 
 
 def _needs_resize(height: int, width: int, s: ImageSettings) -> bool:
@@ -67,10 +139,12 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
         except Exception as exc:  # libjpeg-turbo errors surface as ValueError, but never crash a unit
             raise ImageReject("decode_error", str(exc)) from None
         _check_size(height, width, settings)
+        orientation = _jpeg_orientation(data)
         keep = (
             colorspace in _KEEP_COLORSPACES
             and settings.reencode != "always"
             and not _needs_resize(height, width, settings)
+            and orientation == 1
         )
         if colorspace in _KEEP_COLORSPACES:
             try:  # strict: "Premature end of JPEG file" and other recoverable warnings are errors
@@ -79,8 +153,12 @@ def prepare_image(data: bytes, settings: ImageSettings) -> PreparedImage:
                 raise ImageReject("decode_error", str(exc)) from None
             if keep:
                 return PreparedImage(data, height, width, converted=False)
-            return _encode(Image.fromarray(rgb), settings)
+            return _encode(_upright(Image.fromarray(rgb), orientation), settings)
     return _encode(_decode_with_pillow(data, settings), settings)
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
 
 
 def _decode_with_pillow(data: bytes, settings: ImageSettings) -> Image.Image:
@@ -98,7 +176,7 @@ def _decode_with_pillow(data: bytes, settings: ImageSettings) -> Image.Image:
         _check_size(height, width, settings)
         try:
             image.load()
-            return _to_rgb(image)
+            return _upright(_to_rgb(image), exif_orientation(image))
         except Exception as exc:
             raise ImageReject("decode_error", f"{type(exc).__name__}: {exc}") from None
 
@@ -133,5 +211,8 @@ def _encode(image: Image.Image, settings: ImageSettings) -> PreparedImage:
         width, height = image.size
         _check_size(height, width, settings)
     rgb = np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-    jpeg = simplejpeg.encode_jpeg(rgb, quality=settings.jpeg_quality, colorspace="RGB")
+    try:
+        jpeg = simplejpeg.encode_jpeg(rgb, quality=settings.jpeg_quality, colorspace="RGB")
+    except Exception as exc:  # noqa: BLE001 - whatever libjpeg refuses is this image's problem
+        raise ImageReject("encode_error", f"{width}x{height}: {exc}") from None
     return PreparedImage(jpeg, height, width, converted=True)

@@ -11,7 +11,8 @@ pipeline is rebuilt from the next iteration - a pure function of the data, so re
 
 Every bad sample is counted and logged with shard and index; when this rank's bad samples exceed
 `max_bad_fraction` of the samples it handled (measured over at least 1,000 so one early failure does
-not stop a run), `BadDataError` stops the run.
+not stop a run), `BadDataError` stops the run; planning applies the same bound to unreadable
+metadata within one step, so a dataset whose every shard is refused fails at once.
 
 State (`state_dict`): `consumed_samples` in the global order at the end of the last step whose
 micro-batches have all been handed out. Restoring it - with any DP size - continues the exact stream.
@@ -20,13 +21,14 @@ micro-batches have all been handed out. Restoring it - with any DP size - contin
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterator
 
 import numpy as np
 
 from genlip_megatron.data.dali_pipeline import build_image_pipeline, run_image_pipeline
 from genlip_megatron.data.image_geometry import ImageGeometry
-from genlip_megatron.data.packing import pack_sequences
+from genlip_megatron.data.packing import BadDataError, pack_sequences
 from genlip_megatron.data.rank_schedule import ImageItemsAt, RankSchedule, ResolvedSample
 from genlip_megatron.data.reference_decode import reference_process
 from genlip_megatron.data.sample_sequence import TextLayout, build_sample_sequence, patchify
@@ -35,10 +37,6 @@ __all__ = ["BadDataError", "PackedLoader"]
 
 log = logging.getLogger(__name__)
 MIN_SAMPLES_FOR_BAD_FRACTION = 1000
-
-
-class BadDataError(RuntimeError):
-    """Too many samples failed to read or decode: the data (or its storage) needs attention."""
 
 
 class PackedLoader:
@@ -50,18 +48,23 @@ class PackedLoader:
         global_batch_size, micro_batch_size: in packed sequences.
         decoder: "dali" or "reference" (the non-DALI path; tests and benchmarks).
         decoder_device: "cpu" or "mixed" (DALI GPU decode).
+        vocab_size: the tokenizer's; a sample with a token id outside [0, vocab_size) is a bad sample.
     """
 
     def __init__(self, dataset, geometry: ImageGeometry, text: TextLayout, seq_length: int,
                  global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int, seed: int,
                  consumed_samples: int = 0, decoder: str = "dali", decoder_device: str = "cpu",
                  num_workers: int = 2, num_threads: int = 2, max_bad_fraction: float = 0.001,
-                 antialias: bool = True):
+                 antialias: bool = True, vocab_size: int | None = None):
         if decoder not in ("dali", "reference"):
             raise ValueError(f"decoder must be 'dali' or 'reference', got {decoder!r}")
+        # Planning stops at the same share of unreadable samples the run tolerates (below): a step
+        # cannot scan on forever when every shard is refused.
+        max_unreadable = math.floor(max_bad_fraction * MIN_SAMPLES_FOR_BAD_FRACTION + 1e-9)
         self.schedule_args = dict(dataset=dataset, geometry=geometry, text=text, seq_length=seq_length,
                                   global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
-                                  dp_rank=dp_rank, dp_size=dp_size, seed=seed)
+                                  dp_rank=dp_rank, dp_size=dp_size, seed=seed, max_unreadable=max_unreadable,
+                                  vocab_size=vocab_size)
         RankSchedule(**self.schedule_args)  # validate the arguments now, not at the first batch
         self.dataset, self.geometry, self.text, self.seq_length = dataset, geometry, text, seq_length
         self.consumed_samples = int(consumed_samples)
@@ -159,7 +162,12 @@ class PackedLoader:
         return f"shard {shard} index {local} (dataset index {index})"
 
     def _count_unreadable(self, schedule: RankSchedule, step: int) -> None:
-        for position, index, reason in schedule.step_plan(step).unreadable:
+        try:
+            plan = schedule.step_plan(step)
+        except BadDataError as err:
+            raise BadDataError(f"{err}; data.max_bad_fraction={self.max_bad_fraction} allows fewer: check the "
+                               "shards (genlip shards verify) or raise the limit") from None
+        for position, index, reason in plan.unreadable:
             log.warning("bad sample skipped while packing at position %d: %s: %s",
                         position, self._where(schedule, index), reason)
             self.bad_samples += 1

@@ -9,6 +9,10 @@ function of `consumed`: storing `consumed` at step boundaries makes packing exac
 because the plan does not depend on the data-parallel size, neither does the sample stream.
 NOTE: wasted room per sequence is below one sample's length (~2% at 16k tokens and 224 px).
 
+A sample whose metadata cannot be read is skipped (the same on every rank), but planning is bounded:
+more than `max_unreadable` skipped samples in one step, or a whole epoch of them in a row (every
+shard refused), raise `BadDataError` instead of scanning on forever.
+
 Tensors: `pack_sequences` lays samples one after another and pads to `seq_length` (docs/batch.md),
 and adds what fused attention needs without an S x S mask: `cu_seqlens` over the flattened [B * S]
 tokens (each sample and each padding run is one segment), `prefix_lengths` (image tokens per segment)
@@ -26,7 +30,11 @@ import torch
 from genlip_megatron.data.sample_sequence import IGNORE_INDEX, SampleSequence
 from genlip_megatron.data.sampler import GlobalOrder
 
-__all__ = ["Slot", "StepPlan", "plan_step", "pack_sequences"]
+__all__ = ["BadDataError", "Slot", "StepPlan", "plan_step", "pack_sequences"]
+
+
+class BadDataError(RuntimeError):
+    """Too many samples failed to read or decode: the data (or its storage) needs attention."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ def plan_step(
     seq_length: int,
     length_of: Callable[[int, int], Optional[int]],
     chunk: int = 1024,
+    max_unreadable: Optional[int] = None,
 ) -> StepPlan:
     """First-fit plan of one global step (see the module docstring).
 
@@ -62,12 +71,16 @@ def plan_step(
         order: the global sample order.
         start: consumed samples before this step.
         num_sequences: G, packed sequences per global step.
-        length_of: (position, dataset index) -> token count, or None when the sample's metadata cannot
+        length_of: (position, dataset index) -> token count; raising when the sample's metadata cannot
             be read (it is skipped, and reported in `unreadable`, identically on every rank).
+        max_unreadable: the most skipped samples the step may hold (None: no limit below one epoch).
+    Raises:
+        BadDataError: more than `max_unreadable` skipped samples, or a whole epoch of them in a row.
     """
     free = np.full(num_sequences, seq_length, dtype=np.int64)
     bins: list[list[Slot]] = [[] for _ in range(num_sequences)]
     unreadable: list[tuple[int, int, str]] = []
+    in_a_row = 0
     position = start
     chunk = min(chunk, order.num_samples)  # a chunk spanning many epochs of a tiny set costs many keys
     while True:
@@ -75,9 +88,18 @@ def plan_step(
             try:
                 length = length_of(position, index)
             except Exception as err:  # noqa: BLE001 - any read failure is a bad sample, not a crash
-                unreadable.append((position, index, repr(err)))
+                unreadable.append((position, index, f"{type(err).__name__}: {err}"))
+                in_a_row += 1
+                if in_a_row >= order.num_samples or (max_unreadable is not None and len(unreadable) > max_unreadable):
+                    _, first_index, first_error = unreadable[0]
+                    scope = ("no sample of the dataset can be read" if in_a_row >= order.num_samples
+                             else f"{len(unreadable)} samples cannot be read, more than the {max_unreadable} "
+                             "a step may skip")
+                    raise BadDataError(f"planning the step at position {start}: {scope} (first: dataset index "
+                                       f"{first_index}: {first_error})")
                 position += 1
                 continue
+            in_a_row = 0
             if length > seq_length:
                 raise ValueError(f"sample at position {position} has {length} tokens > seq_length {seq_length}")
             target = int(np.argmax(free >= length))  # first sequence with room

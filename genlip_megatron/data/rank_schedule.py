@@ -8,8 +8,9 @@
 It runs in the main process (tokens, assembly) AND in every DALI worker process (image bytes), which
 agree because nothing here depends on state other than the arguments.
 
-Bad samples. Unreadable metadata while planning: skipped (every rank sees the same). Unreadable bytes
-or a bad JPEG header in a slot: replaced by the first of up to 64 candidates, drawn by hashing (seed,
+Bad samples. Unreadable metadata while planning: skipped (every rank sees the same), at most
+`max_unreadable` per step (packing.plan_step). Unreadable bytes, a bad JPEG header or a token id
+outside the tokenizer's vocabulary in a slot: replaced by the first of up to 64 candidates, drawn by hashing (seed,
 position, attempt), that reads, has a valid header and fits the slot's token count (the row then ends
 with a little more padding); no candidate -> the slot stays empty. `exclude` lets the loader reject
 images whose body fails a full decode, with the same replacement rule.
@@ -32,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover
     simplejpeg = None
 
-__all__ = ["RankSchedule", "ResolvedSample", "ImageItemsAt", "check_header"]
+__all__ = ["RankSchedule", "ResolvedSample", "ImageItemsAt", "check_header", "check_token_ids"]
 
 MAX_REPLACEMENT_TRIES = 64
 
@@ -54,6 +55,14 @@ def check_header(encoded: np.ndarray) -> None:
     simplejpeg.decode_jpeg_header(data)
 
 
+def check_token_ids(tokens: np.ndarray, vocab_size: int) -> None:
+    """Ids outside [0, vocab_size) would index past the embedding (a crash mid-run) or, inside a
+    padded vocabulary, train on rows no tokenizer emits: such a sample is bad (~1 us per sample)."""
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token id {int(tokens.max() if tokens.max() >= vocab_size else tokens.min())} is "
+                         f"outside the tokenizer's vocabulary of {vocab_size}")
+
+
 class RankSchedule:
     """What this rank processes at every DALI iteration, computed identically in every process.
 
@@ -65,7 +74,8 @@ class RankSchedule:
 
     def __init__(self, dataset, geometry: ImageGeometry, text: TextLayout, seq_length: int,
                  global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int,
-                 seed: int, start_consumed: int = 0):
+                 seed: int, start_consumed: int = 0, max_unreadable: Optional[int] = None,
+                 vocab_size: Optional[int] = None):
         if global_batch_size % (dp_size * micro_batch_size):
             raise ValueError(f"global_batch_size {global_batch_size} is not divisible by dp_size {dp_size} "
                              f"x micro_batch_size {micro_batch_size}")
@@ -75,6 +85,7 @@ class RankSchedule:
         self.dataset, self.geometry, self.text, self.seq_length = dataset, geometry, text, seq_length
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.max_unreadable, self.vocab_size = max_unreadable, vocab_size
         self.order = GlobalOrder(dataset.shard_sizes, seed)
         self.micro_batches_per_step = global_batch_size // (dp_size * micro_batch_size)
         self._step_starts = [int(start_consumed)]  # consumed samples before step n (relative to start)
@@ -92,7 +103,8 @@ class RankSchedule:
             if len(self._plans) > 8:
                 self._plans.pop(min(self._plans))
             self._plans[step] = plan_step(self.order, self._step_starts[step], self.global_batch_size,
-                                          self.seq_length, self.sample_length)
+                                          self.seq_length, self.sample_length,
+                                          max_unreadable=self.max_unreadable)
         return self._plans[step]
 
     def rows(self, iteration: int) -> list[list[Slot]]:
@@ -105,6 +117,8 @@ class RankSchedule:
         try:
             sample = self.dataset[index]
             check_header(sample.image)
+            if self.vocab_size is not None:
+                check_token_ids(sample.tokens, self.vocab_size)
         except Exception as err:  # noqa: BLE001 - unreadable region, truncated file, not a JPEG, ...
             bad.append((index, repr(err)))
             return None

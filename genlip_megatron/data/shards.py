@@ -18,6 +18,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from genlip_megatron.data.input_files import InputFileError, open_regular
 from genlip_megatron.data.shard_format import (
     TOKEN_DTYPE,
     ShardError,
@@ -142,10 +143,12 @@ class ShardWriter:
 
 def _map(path: str) -> memoryview:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO or device in place of a shard must not hang or stream
             if os.fstat(f.fileno()).st_size == 0:
                 return memoryview(b"")
             return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    except InputFileError as exc:
+        raise ShardError(str(exc)) from None
     except OSError as exc:
         raise ShardError(f"{path}: cannot open ({exc.strerror or exc})") from None
 
@@ -204,9 +207,23 @@ class ShardReader:
         return Sample(data[i0:i1], data[t0:t1].view(TOKEN_DTYPE), h, w, self._keys[k0:k1].decode())
 
 
-def verify_shard(prefix: str) -> int:
-    """Re-hash the whole .bin and every sample's CRC32; return the sample count or raise ShardError
-    naming the file (and the first bad sample)."""
+def check_token_ids(index: ShardIndex, data: np.ndarray, vocab_size: int, bin_path: str) -> None:
+    """Every caption token id must lie in [0, vocab_size): an id past the model's vocabulary crashes
+    training; one past the tokenizer's but inside the padded vocabulary trains silently on noise."""
+    for i in range(len(index)):
+        start, count = int(index.token_offsets[i]), int(index.token_counts[i])
+        if count:
+            ids = data[start : start + 4 * count].view(TOKEN_DTYPE)
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= vocab_size:
+                key = index.keys_blob[int(index.key_offsets[i]) : int(index.key_offsets[i + 1])]
+                raise ShardError(f"{bin_path}: sample {i} (key {key.decode('utf-8', 'replace')[:100]!r}) holds "
+                                 f"token id {low if low < 0 else high}, outside the vocabulary of {vocab_size}")
+
+
+def verify_shard(prefix: str, vocab_size: int | None = None) -> int:
+    """Re-hash the whole .bin and every sample's CRC32, and (given `vocab_size`) range-check every
+    token id; return the sample count or raise ShardError naming the file (and the first bad sample)."""
     bin_path, idx_path = shard_paths(prefix)
     index = parse_index(_map(idx_path), idx_path)
     data = np.frombuffer(_map(bin_path), dtype=np.uint8)
@@ -216,6 +233,8 @@ def verify_shard(prefix: str) -> int:
     for start in range(0, len(data), _HASH_CHUNK):
         sha.update(data[start : start + _HASH_CHUNK])
     if sha.hexdigest() == index.bin_sha256:
+        if vocab_size is not None:
+            check_token_ids(index, data, vocab_size, bin_path)
         return len(index)
     # The per-sample CRC32s exist to name the damaged sample, not only the file.
     for i in range(len(index)):

@@ -14,17 +14,20 @@ from typing import Iterable, Sequence
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from genlip_megatron.data.input_files import InputFileError, one_line, open_regular, read_bounded
+
 END_OF_TEXT = "<|endoftext|>"
 # Tokens that close a caption turn, in order of preference: Qwen chat models end a turn with
 # <|im_end|>; plain byte-level BPEs (GPT-2 style, our demo) with <|endoftext|>.
 END_TOKEN_CANDIDATES = ("<|im_end|>", END_OF_TEXT, "</s>", "<eos>", "[SEP]")
 PAD_TOKEN_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", END_OF_TEXT, "</s>")
 DEMO_SPECIAL_TOKENS = [END_OF_TEXT, "<|pad|>"]
+MAX_TOKENIZER_BYTES = 256 << 20  # Qwen3's tokenizer.json is 11 MB; the largest common ones ~35 MB
 
 
 def file_sha256(path: str) -> str:
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             sha.update(chunk)
     return sha.hexdigest()
@@ -50,20 +53,25 @@ class Tokenizer:
             raise ValueError(f"{path or name}: end tokens {missing} are not in the vocabulary")
         self.end_ids = [vocab[t] for t in end_tokens]
         self.pad_id = next((vocab[t] for t in PAD_TOKEN_CANDIDATES if t in vocab), self.end_ids[0])
-        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        # One past the largest id (the embedding rows ids need), not the number of tokens: a
+        # vocabulary with gaps (added tokens at high ids) holds fewer tokens than that.
+        self.vocab_size = max(backend.get_vocab_size(with_added_tokens=True), max(vocab.values(), default=-1) + 1)
 
     @classmethod
     def from_file(cls, path: str, name: str | None = None,
                   end_tokens: Sequence[str] | None = None) -> "Tokenizer":
-        try:
-            backend = HFTokenizer.from_file(path)
+        try:  # regular files of bounded size only; hash and parse the same bytes
+            data = read_bounded(path, MAX_TOKENIZER_BYTES)
+            backend = HFTokenizer.from_str(data.decode("utf-8"))
+        except InputFileError as exc:
+            raise ValueError(f"{exc} (a tokenizer.json)") from None
         except Exception as exc:  # the Rust side raises a plain Exception on bad JSON
-            raise ValueError(f"{path}: not a tokenizers tokenizer.json ({exc})") from None
+            raise ValueError(f"{one_line(path)}: not a tokenizers tokenizer.json ({one_line(str(exc))[:200]})") from None
         if name is None:
             # tokenizer.json files are usually named after their folder (".../Qwen3-0.6B/tokenizer.json").
             stem = os.path.splitext(os.path.basename(path))[0]
             name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "tokenizer" else stem
-        return cls(backend, name, file_sha256(path), path=path, end_tokens=end_tokens)
+        return cls(backend, name, hashlib.sha256(data).hexdigest(), path=path, end_tokens=end_tokens)
 
     @property
     def identity(self) -> dict:

@@ -125,12 +125,11 @@ def build_batch_source(cfg, dp_rank: int, dp_size: int):
                          "train.synthetic_data=true to train on synthetic batches")
     from genlip_megatron.data.image_geometry import ImageGeometry
     from genlip_megatron.data.loader import PackedLoader
-    from genlip_megatron.data.manifest import open_dataset
-    from genlip_megatron.data.tokenizer import Tokenizer
+    from genlip_megatron.data.manifest import load_tokenizer, open_dataset
 
     d, m, t = cfg.data, cfg.model, cfg.train
     dataset = open_dataset(d.manifest)
-    tokenizer = Tokenizer.from_file(dataset.manifest.tokenizer_path)
+    tokenizer = load_tokenizer(dataset.manifest)  # the shards' own (hash) and ids within it (manifest)
     if tokenizer.vocab_size > m.vocab_size:
         raise ValueError(f"the dataset's tokenizer has {tokenizer.vocab_size} tokens but "
                          f"model.vocab_size={m.vocab_size}")
@@ -143,5 +142,5 @@ def build_batch_source(cfg, dp_rank: int, dp_size: int):
     loader = PackedLoader(dataset, geometry, text, d.seq_length, t.global_batch_size, t.micro_batch_size,
                           dp_rank, dp_size, d.seed, decoder="dali", decoder_device=d.decoder_device,
                           num_workers=d.num_workers, num_threads=d.num_threads,
-                          max_bad_fraction=d.max_bad_fraction)
+                          max_bad_fraction=d.max_bad_fraction, vocab_size=tokenizer.vocab_size)
     return LoaderBatches(loader)

@@ -36,7 +36,7 @@ MEMBERS = [
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_members_match_tarfile(fmt):
     data = _tar(fmt, MEMBERS)
-    got = [(name, body) for name, kind, body, _ in iter_tar_members(io.BytesIO(data), 1 << 20)]
+    got = [(name, body) for name, kind, body, _, _ in iter_tar_members(io.BytesIO(data), 1 << 20)]
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         expected = [(m.name, tar.extractfile(m).read() if m.isfile() else b"") for m in tar]
     assert got == expected
@@ -44,7 +44,7 @@ def test_members_match_tarfile(fmt):
 
 def test_oversized_member_is_skipped_unread_and_stream_stays_in_sync():
     data = _tar(tarfile.GNU_FORMAT, [("big.jpg", b"b" * 5000), ("small.txt", b"s")])
-    got = [(name, body, size) for name, _, body, size in iter_tar_members(io.BytesIO(data), 1000)]
+    got = [(name, body, size) for name, _, body, size, _ in iter_tar_members(io.BytesIO(data), 1000)]
     assert got[:2] == [("big.jpg", None, 5000), ("small.txt", b"s", 1)]
 
 
