@@ -65,6 +65,8 @@ class GenLIPAttention(nn.Module):
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            proj.official_xavier_init = True  # read by GenLIPPreTrainedModel._init_weights
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, S, width] -> [B, heads, S, head_dim]."""

@@ -92,7 +92,12 @@ class GenLIPPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+        if getattr(module, "official_xavier_init", False):
+            # The official rule for q_proj (gate rows included), k_proj, v_proj and out_proj:
+            # xavier-uniform with each matrix's own fans, zero bias (layers_genlip.GenLIPAttention).
+            _init.xavier_uniform_(module.weight)
+            _init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
             _init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
                 _init.zeros_(module.bias)

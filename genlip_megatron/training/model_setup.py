@@ -26,6 +26,7 @@ from genlip_megatron.model.aimv2 import build_aimv2_stage
 from genlip_megatron.model.aimv2_loss import prepare_aimv2_step
 from genlip_megatron.model.aimv2_specs import aimv2_transformer_configs
 from genlip_megatron.model.genlip import GenLIPModel
+from genlip_megatron.model.init import initialize_genlip
 from genlip_megatron.model.transformer_config import genlip_transformer_config
 
 
@@ -58,6 +59,7 @@ def build_model_chunks(cfg, transformer_config) -> list[GenLIPModel]:
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
             vp_stage=stage)
+        initialize_genlip(chunk, cfg.train.seed)  # official init, identical at every layout
         chunks.append(chunk)
     return chunks
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from genlip_tiny import pack, packed_inputs, three_samples, tiny_model
 
@@ -119,6 +120,10 @@ def test_init_weights_and_drop_path_only_in_training():
     assert torch.all(model.visual.layers[1].layer_scale2.lambda1 == 0.1)
     assert torch.all(model.ln_post.weight == 1) and torch.all(model.ln_post.bias == 0)
     assert abs(model.visual.layers[0].mlp.fc1.weight.std().item() - 0.02) < 2e-3
+    attn = model.visual.layers[0].self_attn  # official: xavier-uniform, q_proj [2W, W] with the gate rows
+    assert attn.q_proj.weight.std().item() == pytest.approx((2 / (3 * 64)) ** 0.5, rel=0.05)
+    assert attn.out_proj.weight.std().item() == pytest.approx((1 / 64) ** 0.5, rel=0.05)
+    assert not attn.k_proj.bias.any()
     assert [layer.drop_path.rate for layer in model.visual.layers] == [0.9, 0.9, 0.9]  # official: constant
     linear = GenLIPModel(tiny_config(drop_path_rate=0.9, num_hidden_layers=3, drop_path_schedule="linear"))
     assert [round(layer.drop_path.rate, 6) for layer in linear.visual.layers] == [0.0, 0.45, 0.9]

@@ -46,3 +46,22 @@ def decay_step(overrides: list[str]) -> dict[str, float]:
         if nonzero.any():
             ratios[name] = (p.detach()[nonzero] / before[name][nonzero]).mean().item()
     return ratios
+
+
+def initial_weights(overrides: list[str]) -> dict | None:
+    """The freshly initialised model, gathered over TP, as {global megatron name: full tensor}, from the
+    TP-rank-0 ranks (each holds its pipeline stage); None elsewhere."""
+    from megatron.core import parallel_state
+
+    from genlip_megatron.convert.mcore_names import gather_tp_slices, global_name
+    from genlip_megatron.model.transformer_config import genlip_transformer_config
+    from genlip_megatron.training.model_setup import build_model_chunks
+
+    cfg = tiny_config(overrides)
+    chunks = build_model_chunks(cfg, genlip_transformer_config(cfg))
+    group = parallel_state.get_tensor_model_parallel_group()
+    full = {}
+    for chunk in chunks:
+        for name, param in chunk.named_parameters():
+            full[global_name(name, chunk)] = gather_tp_slices(name, param.detach(), param, group).clone()
+    return full if parallel_state.get_tensor_model_parallel_rank() == 0 else None
