@@ -22,6 +22,7 @@ import copy
 from dataclasses import dataclass
 
 from genlip_megatron.config.schema import Config, padded_vocab_size
+from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import validate
 from launch.hardware import GPU, Assumptions, precision_peak_tflops
 from launch.memory import Layout, element_bytes, image_tokens, memory_breakdown, total_params
@@ -77,7 +78,7 @@ def _bandwidth(group_gpus: int, gpu: GPU, a: Assumptions) -> float:
 def estimate(cfg: Config, layout: Layout, gpus: int, gpu: GPU, a: Assumptions, text_tokens: int) -> Estimate:
     t, p, c, d = layout.tp, layout.pp, layout.cp, layout.dp
     e = element_bytes(cfg)
-    m = cfg.train.global_batch_size // (layout.micro_batch_size * d)
+    m = StepSplit(cfg.train.global_batch_size, layout.micro_batch_size, d).micro_batches
     flops = step_flops(cfg, text_tokens)
     peak = precision_peak_tflops(gpu, cfg.train.precision) * 1e12
     compute = flops * (4 / 3 if layout.recompute == "full" else 1) / gpus / (peak * a.matmul_efficiency)
@@ -144,10 +145,11 @@ def plan(cfg: Config, gpus: int, gpu: GPU, a: Assumptions, text_tokens: int
                                      f"{gpu.gpus_per_node} GPUs)"))
             continue
         problems = validate(apply_layout(cfg, layout), gpus)
-        micro_batches = cfg.train.global_batch_size // (layout.micro_batch_size * layout.dp)
-        if not problems and layout.vpp and micro_batches % layout.pp:
-            problems = [f"interleaved pipelining (VPP{layout.vpp}) needs the micro-batches per step "
-                        f"({micro_batches}) to be a multiple of PP={layout.pp} (megatron's schedule)"]
+        if not problems and layout.vpp:
+            micro_batches = StepSplit(cfg.train.global_batch_size, layout.micro_batch_size, layout.dp).micro_batches
+            if micro_batches % layout.pp:
+                problems = [f"interleaved pipelining (VPP{layout.vpp}) needs the micro-batches per step "
+                            f"({micro_batches}) to be a multiple of PP={layout.pp} (megatron's schedule)"]
         if problems:
             rejected.append((layout, problems[0]))
             continue

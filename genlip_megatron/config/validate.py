@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.schema import Config, head_dim
+from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.hf.mrope_sections import mrope_section_problem
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -161,15 +162,10 @@ def _batch(cfg: Config, bad: set[str], world_size: int | None) -> list[str]:
         return []
     model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
     if world_size is None or world_size <= 0 or model_parallel <= 0 or world_size % model_parallel:
-        line = _not_divisible("train.global_batch_size", t.global_batch_size,
-                              "train.micro_batch_size", t.micro_batch_size)
+        line = StepSplit.problem(t.global_batch_size, t.micro_batch_size, None)
         return [line] if line else []
-    dp = world_size // model_parallel
-    if t.global_batch_size % (t.micro_batch_size * dp):
-        return [(f"train.global_batch_size={t.global_batch_size} is not divisible by "
-                f"train.micro_batch_size x data-parallel size = {t.micro_batch_size} x {dp} "
-                f"(world_size {world_size} / model-parallel {model_parallel})")]
-    return []
+    line = StepSplit.problem(t.global_batch_size, t.micro_batch_size, world_size // model_parallel)
+    return [f"{line} (world_size {world_size} / model-parallel {model_parallel})"] if line else []
 
 
 def _device(cfg: Config) -> list[str]:

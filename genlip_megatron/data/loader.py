@@ -2,7 +2,7 @@
 
     RankSchedule (global order -> packing plan -> this rank's rows, bad samples replaced)
       -> images: DALI (decoder_device "cpu" | "mixed") or the reference decoder
-      -> per sample: token sequence + patches -> pack_sequences -> batch dict
+      -> per sample: token sequence + patches -> pack_sequences -> PackedBatch
 
 DALI iteration k is micro-batch k % M of global step k // M (M = global_batch_size / (dp_size *
 micro_batch_size)). Images whose body fails inside DALI fail the whole DALI batch; that micro-batch is

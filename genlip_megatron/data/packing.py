@@ -13,10 +13,9 @@ A sample whose metadata cannot be read is skipped (the same on every rank), but 
 more than `max_unreadable` skipped samples in one step, or a whole epoch of them in a row (every
 shard refused), raise `BadDataError` instead of scanning on forever.
 
-Tensors: `pack_sequences` lays samples one after another and pads to `seq_length` (docs/batch.md),
-and adds what fused attention needs without an S x S mask: `cu_seqlens` over the flattened [B * S]
-tokens (each sample and each padding run is one segment), `prefix_lengths` (image tokens per segment)
-and `max_seqlen`.
+Tensors: `pack_sequences` lays samples one after another, pads to `seq_length` and returns the
+typed `PackedBatch` (data/packed_batch.py, docs/batch.md), including each sample's span, which it
+knows from the sample lengths (nothing downstream re-derives samples from segment ids).
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from genlip_megatron.data.packed_batch import PackedBatch
 from genlip_megatron.data.sample_sequence import IGNORE_INDEX, SampleSequence
 from genlip_megatron.data.sampler import GlobalOrder
 
@@ -112,16 +112,12 @@ def plan_step(
 
 def pack_sequences(
     rows: Sequence[Sequence[tuple[SampleSequence, np.ndarray]]], seq_length: int
-) -> dict[str, torch.Tensor]:
-    """Packed micro-batch tensors (docs/batch.md) from per-sample sequences and image patches.
+) -> PackedBatch:
+    """The packed micro-batch (docs/batch.md) of per-sample sequences and image patches.
 
     Args:
         rows: B packed sequences, each a list of (SampleSequence of length L_i, patches float32
             [L_img_i, 3*P*P]) in sequence order; sum of L_i <= seq_length per row.
-    Returns:
-        dict with tokens [B, S], image_patches [N, 3*P*P], is_image [B, S], position_ids [3, B, S],
-        segment_ids [B, S], labels [B, S], loss_mask [B, S], cu_seqlens int32 [T + 1],
-        prefix_lengths int32 [T], max_seqlen int (T = samples + padding runs).
     """
     batch = len(rows)
     tokens = np.zeros((batch, seq_length), dtype=np.int64)
@@ -130,7 +126,7 @@ def pack_sequences(
     segment_ids = np.full((batch, seq_length), -1, dtype=np.int32)
     labels = np.full((batch, seq_length), IGNORE_INDEX, dtype=np.int64)
     loss_mask = np.zeros((batch, seq_length), dtype=np.float32)
-    patches, seg_lengths, prefix_lengths = [], [], []
+    patches, spans = [], []
     for b, row in enumerate(rows):
         offset = 0
         for seg, (seq, img_patches) in enumerate(row):
@@ -146,23 +142,17 @@ def pack_sequences(
             labels[b, offset:end] = seq.labels
             loss_mask[b, offset:end] = seq.loss_mask
             patches.append(np.asarray(img_patches, dtype=np.float32))
-            seg_lengths.append(len(seq))
-            prefix_lengths.append(len(img_patches))
+            first = b * seq_length + offset  # image patches come first in a sample
+            spans.append((first, first + len(img_patches), b * seq_length + end))
             offset = end
-        if offset < seq_length:  # the padding run is its own segment so cu_seqlens covers B * S
-            seg_lengths.append(seq_length - offset)
-            prefix_lengths.append(0)
     width = patches[0].shape[1] if patches else 0
-    cu_seqlens = np.concatenate([[0], np.cumsum(seg_lengths)]).astype(np.int32)
-    return {
-        "tokens": torch.from_numpy(tokens),
-        "image_patches": torch.from_numpy(np.concatenate(patches) if patches else np.zeros((0, width), np.float32)),
-        "is_image": torch.from_numpy(is_image),
-        "position_ids": torch.from_numpy(position_ids),
-        "segment_ids": torch.from_numpy(segment_ids),
-        "labels": torch.from_numpy(labels),
-        "loss_mask": torch.from_numpy(loss_mask),
-        "cu_seqlens": torch.from_numpy(cu_seqlens),
-        "prefix_lengths": torch.tensor(prefix_lengths, dtype=torch.int32),
-        "max_seqlen": int(max(seg_lengths)) if seg_lengths else 0,
-    }
+    return PackedBatch(
+        tokens=torch.from_numpy(tokens),
+        image_patches=torch.from_numpy(np.concatenate(patches) if patches else np.zeros((0, width), np.float32)),
+        is_image=torch.from_numpy(is_image),
+        position_ids=torch.from_numpy(position_ids),
+        segment_ids=torch.from_numpy(segment_ids),
+        labels=torch.from_numpy(labels),
+        loss_mask=torch.from_numpy(loss_mask),
+        spans=torch.tensor(spans, dtype=torch.int64).reshape(-1, 3),
+    )

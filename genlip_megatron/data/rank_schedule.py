@@ -1,8 +1,8 @@
 """What each data-parallel rank processes at every DALI iteration: a pure function of the data.
 
     global step n: plan_step(consumed_n)                  same on every rank, metadata only
-    this rank's sequences: plan.bins[dp_rank::dp_size]    strided: spreads the last, emptier bins
-    micro-batch m: those sequences [m * mbs, (m + 1) * mbs)
+    micro-batch m of this rank: plan.bins[j] for j in StepSplit.rows(dp_rank, m)
+                                                          (config/step_split.py: strided over ranks)
     each slot resolved: read the sample, check its JPEG header; a bad one is replaced (below)
 
 It runs in the main process (tokens, assembly) AND in every DALI worker process (image bytes), which
@@ -22,6 +22,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.data.dali_pipeline import ImageItem
 from genlip_megatron.data.image_geometry import ImageGeometry
 from genlip_megatron.data.packing import Slot, StepPlan, plan_step
@@ -76,9 +77,7 @@ class RankSchedule:
                  global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int,
                  seed: int, start_consumed: int = 0, max_unreadable: Optional[int] = None,
                  vocab_size: Optional[int] = None):
-        if global_batch_size % (dp_size * micro_batch_size):
-            raise ValueError(f"global_batch_size {global_batch_size} is not divisible by dp_size {dp_size} "
-                             f"x micro_batch_size {micro_batch_size}")
+        self.split = StepSplit(global_batch_size, micro_batch_size, dp_size)
         longest = geometry.max_image_tokens() + text.num_text_tokens(text.max_caption_tokens)
         if longest > seq_length:
             raise ValueError(f"the longest possible sample ({longest} tokens) exceeds seq_length {seq_length}")
@@ -87,7 +86,7 @@ class RankSchedule:
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.max_unreadable, self.vocab_size = max_unreadable, vocab_size
         self.order = GlobalOrder(dataset.shard_sizes, seed)
-        self.micro_batches_per_step = global_batch_size // (dp_size * micro_batch_size)
+        self.micro_batches_per_step = self.split.micro_batches
         self._step_starts = [int(start_consumed)]  # consumed samples before step n (relative to start)
         self._plans: dict[int, StepPlan] = {}
 
@@ -110,8 +109,8 @@ class RankSchedule:
     def rows(self, iteration: int) -> list[list[Slot]]:
         """The micro-batch_size packed sequences (lists of slots) of DALI iteration k on this rank."""
         step, micro = divmod(iteration, self.micro_batches_per_step)
-        mine = self.step_plan(step).bins[self.dp_rank :: self.dp_size]
-        return mine[micro * self.micro_batch_size : (micro + 1) * self.micro_batch_size]
+        bins = self.step_plan(step).bins
+        return [bins[j] for j in self.split.rows(self.dp_rank, micro)]
 
     def _usable(self, slot: Slot, index: int, room: int, bad: list) -> Optional[ResolvedSample]:
         try:

@@ -23,7 +23,7 @@ DEFAULT_LOGIT_BUDGET = 1 << 26  # fp32 logit elements per forward (256 MB)
 def token_log_probs(model, batch: dict) -> torch.Tensor:
     """float [B, S]: log p(labels[b, s] | context) at every position (0 where the label is -100)."""
     logits = model.forward_packed(**model_inputs(batch))["logits"].float()
-    labels = batch["labels"]
+    labels = batch.labels
     logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return torch.where(labels >= 0, logp, torch.zeros_like(logp))
 

@@ -40,14 +40,14 @@ def pair_batch(patches: Sequence[np.ndarray], grid: tuple[int, int], pairs: Sequ
         pairs: (index into patches, caption token ids without prompt or end tokens).
         include_end: whether the end-of-turn tokens count as caption tokens in `score_mask`.
     Returns:
-        (packed batch of docs/batch.md, score_mask float [B, S]: 1 where the position's label is a
+        (PackedBatch (docs/batch.md), score_mask float [B, S]: 1 where the position's label is a
         scored caption token; labels of those positions are the caption tokens in order).
     """
     sequences = [build_sample_sequence(grid[0], grid[1], np.asarray(ids, dtype=np.int64), layout)
                  for _, ids in pairs]
     seq_length = max(len(s) for s in sequences)
     batch = pack_sequences([[(s, patches[i])] for s, (i, _) in zip(sequences, pairs)], seq_length)
-    score_mask = batch["loss_mask"].clone()
+    score_mask = batch.loss_mask.clone()
     if not include_end and layout.end_ids:
         for row, seq in enumerate(sequences):
             # the last len(end_ids) loss positions of a sample predict its end tokens
@@ -58,4 +58,4 @@ def pair_batch(patches: Sequence[np.ndarray], grid: tuple[int, int], pairs: Sequ
 
 def model_inputs(batch: dict) -> dict:
     """The five tensors `forward_packed` takes."""
-    return {k: batch[k] for k in MODEL_KEYS}
+    return {k: getattr(batch, k) for k in MODEL_KEYS}

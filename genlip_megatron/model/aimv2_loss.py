@@ -11,17 +11,19 @@ group before the step makes the result exact under any DP size and micro-batch s
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from genlip_megatron.hf.aimv2_reference import has_next_patch_target
 
 
-def local_loss_counts(micro_batches: list[dict]) -> torch.Tensor:
-    """float64 [2] = (text loss tokens, pixel target patches) of this rank's micro-batches; each
-    batch must carry `image_prefix`."""
-    text = sum(float(b["loss_mask"].sum()) for b in micro_batches)
-    pixel = sum(float(has_next_patch_target(b["is_image"], b["segment_ids"], b["image_prefix"]).sum())
-                for b in micro_batches)
+def local_loss_counts(batches, image_prefixes) -> torch.Tensor:
+    """float64 [2] = (text loss tokens, pixel target patches) of this rank's micro-batches (packed
+    batches with `loss_mask`, `is_image`, `segment_ids`) under the drawn prefixes (bool [B, S] each)."""
+    text = sum(float(b.loss_mask.sum()) for b in batches)
+    pixel = sum(float(has_next_patch_target(b.is_image, b.segment_ids, prefix).sum())
+                for b, prefix in zip(batches, image_prefixes))
     return torch.tensor([text, pixel], dtype=torch.float64)
 
 
@@ -48,23 +50,42 @@ def aimv2_loss_func(loss_mask, scale: float, text_weight: float, pixel_weight: f
     return total, count.to(torch.int), report
 
 
-def prepare_aimv2_step(micro_batches: list[dict], *, model_cfg, seed: int, step: int) -> None:
-    """Add what an AIMv2 step needs to this rank's micro-batches, in place: `image_prefix` (drawn
-    from (seed, step, the micro-batch's global index)) and `aimv2_loss_args` = (pixel_scale,
-    text_weight, pixel_weight) for `aimv2_loss_func`. One all-reduce over the data-parallel group."""
+class AIMv2MicroBatch(NamedTuple):
+    """What one AIMv2 forward step consumes: the packed batch, its drawn prefix and the loss
+    arguments (pixel_scale, text_weight, pixel_weight) of `aimv2_loss_func`."""
+
+    batch: object  # data.packed_batch.PackedBatch
+    image_prefix: torch.Tensor  # bool [B, S]
+    loss_args: tuple[float, float, float]
+
+
+def prepare_aimv2_step(micro_batches: list, *, model_cfg, seed: int, split, step: int) -> list[AIMv2MicroBatch]:
+    """What an AIMv2 step needs for this rank's micro-batches: the prefix of each sample, drawn from
+    (seed, step, its row's index in the step's global batch, its segment), and the loss arguments.
+    `split`: the step's config.step_split.StepSplit. One all-reduce over the data-parallel group
+    (the global text and pixel counts)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
     from genlip_megatron.model.aimv2_prefix import random_image_prefix
 
-    first = parallel_state.get_data_parallel_rank() * len(micro_batches)
-    for i, batch in enumerate(micro_batches):
-        # NOTE: 2**20 micro-batches per step bound the key space; distinct steps never collide.
-        batch["image_prefix"] = random_image_prefix(batch["segment_ids"], batch["is_image"], seed,
-                                                    step * 2 ** 20 + first + i)
-    counts = local_loss_counts(micro_batches)
+    dp_rank = parallel_state.get_data_parallel_rank()
+    prefixes = [random_image_prefix(b.segment_ids, b.is_image, seed, step, split.rows(dp_rank, m))
+                for m, b in enumerate(micro_batches)]
+    counts = local_loss_counts(micro_batches, prefixes)
     if dist.is_initialized():
         dist.all_reduce(counts, group=parallel_state.get_data_parallel_group())
     args = (pixel_scale(counts), model_cfg.text_loss_weight, model_cfg.pixel_loss_weight)
-    for batch in micro_batches:
-        batch["aimv2_loss_args"] = args
+    return [AIMv2MicroBatch(b, prefix, args) for b, prefix in zip(micro_batches, prefixes)]
+
+
+def aimv2_forward_step(data_iterator, model):
+    """megatron forward_step_func: one AIMv2MicroBatch through this model stage."""
+    from functools import partial
+
+    item = next(data_iterator)
+    device = next(model.parameters()).device
+    b = item.batch.to(device)
+    output = model(b.tokens, b.image_patches, b.is_image, b.position_ids, b.segment_ids, labels=b.labels,
+                   image_prefix=item.image_prefix.to(device))
+    return output, partial(aimv2_loss_func, b.loss_mask, *item.loss_args)

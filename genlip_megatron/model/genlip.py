@@ -87,19 +87,22 @@ class GenLIPModel(MegatronModule):
             input_tensor = input_tensor[0]
         self.decoder.set_input_tensor(input_tensor)
 
-    def attention_inputs(self, position_ids, segment_ids, is_image):
-        """Rotary angles [S, B, 1, D] and the attention mask (dense [B,1,S,S] or spans [K,3])."""
+    def attention_inputs(self, position_ids, segment_ids, is_image, spans=None):
+        """Rotary angles [S, B, 1, D] and the attention mask (dense [B,1,S,S] or spans [K,3]).
+
+        spans: the packed batch's sample spans (PackedBatch.spans); callers holding plain tensors
+        may omit them and the fused path derives them from segment_ids."""
         freqs = interleaved_mrope_freqs(position_ids, self.head_dim, self.genlip.rope_theta,
                                         self.genlip.mrope_section)
         rotary = freqs.transpose(0, 1).unsqueeze(2).contiguous()
         if self.genlip.attention == "fused":
-            return rotary, prefix_lm_spans(segment_ids, is_image)
+            return rotary, spans if spans is not None else prefix_lm_spans(segment_ids, is_image)
         return rotary, prefix_lm_mask(segment_ids, is_image)
 
-    def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None):
+    def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None, spans=None):
         """Returns per-token CE [B, S] when labels are given (last stage), logits [S, B, V/tp] on the
         last stage otherwise, and the hidden stream [S, B, H] on other stages."""
-        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image)
+        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image, spans)
         hidden = self.embedding(tokens, image_patches, is_image) if self.pre_process else None
         hidden = self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)
         if not self.post_process:
@@ -116,8 +119,8 @@ class GenLIPModel(MegatronModule):
         loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), safe)
         return loss.transpose(0, 1).contiguous()  # [B, S]
 
-    def features(self, tokens, image_patches, is_image, position_ids, segment_ids):
+    def features(self, tokens, image_patches, is_image, position_ids, segment_ids, spans=None):
         """Trunk features after ln_post, [S, B, H] (single-stage models)."""
-        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image)
+        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image, spans)
         hidden = self.embedding(tokens, image_patches, is_image)
         return self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)

@@ -1,6 +1,6 @@
 """Batch sources: what the trainer pulls micro-batches (docs/batch.md) from, and can checkpoint.
 
-A batch source has `next() -> dict` (one micro-batch of this data-parallel rank), `state_dict()` and
+A batch source has `next() -> PackedBatch` (one micro-batch of this data-parallel rank), `state_dict()` and
 `load_state_dict(state)`; the state describes the position at the end of the last COMPLETE step
 (the trainer always pulls a whole step's micro-batches before it computes). Every rank of a
 data-parallel replica (its TP and PP peers) builds the same source and reads the same micro-batches:
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genlip_megatron.config.step_split import StepSplit
+from genlip_megatron.data.packed_batch import PackedBatch
 from genlip_megatron.data.packing import pack_sequences
 from genlip_megatron.data.sample_sequence import TextLayout, build_sample_sequence
 
@@ -25,8 +27,8 @@ class SyntheticBatches:
 
     Each sequence holds 1..k samples of a `grid x grid` patch image (grid = image_size / patch) and a
     caption of random length, packed greedily while they fit. Pixels ~ U[-1, 1], token ids in
-    [1, vocab). Micro-batch m of step n on DP rank r holds global sequences
-    n*G + r*G/dp + m*mbs ... + mbs (G = global_batch_size).
+    [1, vocab). Micro-batch m of step n on DP rank r holds global sequences n*G + j for j in
+    StepSplit.rows(r, m) (G = global_batch_size; config/step_split.py).
     """
 
     PROMPT_IDS = (1, 2)  # stands in for the tokenized prompt (no loss)
@@ -34,21 +36,18 @@ class SyntheticBatches:
 
     def __init__(self, cfg, dp_rank: int, dp_size: int):
         m, d, t = cfg.model, cfg.data, cfg.train
-        if t.global_batch_size % (dp_size * t.micro_batch_size):
-            raise ValueError(f"global batch {t.global_batch_size} does not split into micro-batches of "
-                             f"{t.micro_batch_size} over {dp_size} data-parallel ranks")
+        self.split = StepSplit.of(cfg, dp_size)
         self.seed, self.seq_length, self.vocab = d.seed, d.seq_length, m.vocab_size
         self.patch, self.channels, self.grid = m.patch_size, m.num_channels, d.image_size // m.patch_size
         self.text = TextLayout(self.PROMPT_IDS, self.END_IDS, d.max_caption_tokens)
-        self.global_batch, self.micro_batch = t.global_batch_size, t.micro_batch_size
-        self.per_rank = t.global_batch_size // dp_size
+        self.global_batch = t.global_batch_size
         self.dp_rank = dp_rank
         self.consumed_sequences = 0  # global sequences of completed steps
         self._micro = 0  # micro-batches handed out in the current step
 
     @property
     def micro_batches_per_step(self) -> int:
-        return self.per_rank // self.micro_batch
+        return self.split.micro_batches
 
     def _sample(self, rng: np.random.Generator, room: int):
         image_tokens = self.grid * self.grid
@@ -76,9 +75,9 @@ class SyntheticBatches:
             raise ValueError(f"seq_length {self.seq_length} cannot hold one {self.grid}x{self.grid}-patch sample")
         return row
 
-    def next(self) -> dict:
-        first = self.consumed_sequences + self.dp_rank * self.per_rank + self._micro * self.micro_batch
-        batch = pack_sequences([self.sequence(first + i) for i in range(self.micro_batch)], self.seq_length)
+    def next(self) -> PackedBatch:
+        rows = self.split.rows(self.dp_rank, self._micro)
+        batch = pack_sequences([self.sequence(self.consumed_sequences + j) for j in rows], self.seq_length)
         self._micro += 1
         if self._micro == self.micro_batches_per_step:
             self._micro = 0
@@ -101,7 +100,7 @@ class LoaderBatches:
         self.loader = loader
         self._iterator = None
 
-    def next(self) -> dict:
+    def next(self) -> PackedBatch:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         return next(self._iterator)

@@ -1,6 +1,6 @@
 """Model FLOPs of a GenLIP training step, and MFU against the BF16 peak of the detected GPU.
 
-The count is exact for the packed batch at hand (it reads `segment_ids` and `is_image`), so packing
+The count is exact for the packed batch at hand (it reads the batch's sample spans), so packing
 efficiency and the prefix-LM mask's sparsity are accounted for, not averaged away. A matmul of
 [m, k] x [k, n] counts 2*m*k*n FLOPs. Per FORWARD pass, with H = width, F = SwiGLU hidden,
 E = text_embed_dim, V = padded vocabulary, L = layers, P = patch size, C = channels:
@@ -77,21 +77,14 @@ class TokenCounts:
         return self.image_tokens + self.text_tokens
 
 
-def count_tokens(segment_ids: torch.Tensor, is_image: torch.Tensor) -> TokenCounts:
-    """Counts of a packed micro-batch. segment_ids int [B, S] (-1 = padding), is_image bool [B, S]."""
-    seg = segment_ids.long()
-    real = seg >= 0
-    rows, width = seg.shape
-    # One bin per (row, sample) so packed samples are counted separately; padding falls out.
-    key = (torch.arange(rows).unsqueeze(1) * (width + 1) + seg)[real]
-    image = is_image[real].long()
-    n_img = torch.bincount(key, weights=image.double(), minlength=1)
-    n_all = torch.bincount(key, minlength=1).double()
-    n_txt = n_all - n_img
-    present = n_all > 0
-    pairs = (n_img * n_img + n_txt * n_img + n_txt * (n_txt + 1) / 2)[present].sum()
-    return TokenCounts(image_tokens=int(image.sum()), text_tokens=int((1 - image).sum()),
-                       attention_pairs=int(pairs.item()), samples=int(present.sum()))
+def count_tokens(spans: torch.Tensor) -> TokenCounts:
+    """Counts of a packed micro-batch from its sample spans int64 [K, 3] = (start, text start, end)
+    per sample (PackedBatch.spans); padding belongs to no span."""
+    start, text_start, end = spans.long().unbind(1)
+    n_img, n_txt = text_start - start, end - text_start
+    pairs = n_img * n_img + n_txt * n_img + n_txt * (n_txt + 1) // 2
+    return TokenCounts(image_tokens=int(n_img.sum()), text_tokens=int(n_txt.sum()),
+                       attention_pairs=int(pairs.sum()), samples=int(spans.shape[0]))
 
 
 def forward_flops(shape: ModelShape, counts: TokenCounts) -> int:

@@ -22,12 +22,14 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from genlip_megatron.config.schema import padded_vocab_size
+from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.model.aimv2 import build_aimv2_stage
-from genlip_megatron.model.aimv2_loss import prepare_aimv2_step
+from genlip_megatron.model.aimv2_loss import aimv2_forward_step, prepare_aimv2_step
 from genlip_megatron.model.aimv2_specs import aimv2_transformer_configs
 from genlip_megatron.model.genlip import GenLIPModel
 from genlip_megatron.model.init import initialize_genlip
 from genlip_megatron.model.transformer_config import genlip_transformer_config
+from genlip_megatron.training.step import genlip_forward_step
 
 
 @dataclass
@@ -37,8 +39,10 @@ class TrainingModules:
     scheduler: OptimizerParamScheduler
     transformer_config: object
     padded_vocab: int
-    # objective-specific additions to a step's micro-batches, called as f(micro_batches, step=...)
-    prepare_micro_batches: Callable | None = None
+    # megatron forward_step_func for this objective, and what it consumes per micro-batch:
+    # prepare_micro_batches(micro_batches, step=...) -> one item per micro-batch
+    forward_step: Callable
+    prepare_micro_batches: Callable
 
 
 def build_model_chunks(cfg, transformer_config) -> list[GenLIPModel]:
@@ -147,6 +151,14 @@ def build_training_modules(cfg) -> TrainingModules:
     _wire_schedule_hooks(cfg, transformer_config, model)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    prepare = partial(prepare_aimv2_step, model_cfg=cfg.model, seed=cfg.data.seed) if aimv2 else None
+    if aimv2:
+        forward, prepare = aimv2_forward_step, partial(prepare_aimv2_step, model_cfg=cfg.model, seed=cfg.data.seed,
+                                                      split=StepSplit.of(cfg, parallel_state.get_data_parallel_world_size()))
+    else:
+        forward, prepare = genlip_forward_step, _as_is
     return TrainingModules(model, optimizer, scheduler, transformer_config,
-                           padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size), prepare)
+                           padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size), forward, prepare)
+
+
+def _as_is(micro_batches: list, step: int) -> list:
+    return micro_batches

@@ -21,10 +21,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from genlip_megatron.model.aimv2_loss import aimv2_loss_func
 from genlip_megatron.training.flops import ModelShape, count_tokens, train_step_flops
-
-MODEL_INPUTS = ("tokens", "image_patches", "is_image", "position_ids", "segment_ids", "labels")
 
 
 @dataclass
@@ -51,16 +48,12 @@ def _loss_func(loss_mask: torch.Tensor, per_token_ce: torch.Tensor):
     return total, count, {"loss_sum_and_count": torch.stack([total.detach(), count.to(total.dtype)])}
 
 
-def forward_step(data_iterator, model):
-    """megatron forward_step_func: one micro-batch through this model chunk."""
-    batch = next(data_iterator)
-    device = next(model.parameters()).device
-    inputs = [batch[key].to(device, non_blocking=True) for key in MODEL_INPUTS]
-    if "image_prefix" in batch:  # objective aimv2: batches prepared by model/aimv2_loss.prepare_aimv2_step
-        output = model(*inputs[:5], labels=inputs[5], image_prefix=batch["image_prefix"].to(device))
-        return output, partial(aimv2_loss_func, batch["loss_mask"].to(device), *batch["aimv2_loss_args"])
-    output = model(*inputs[:5], labels=inputs[5])
-    return output, partial(_loss_func, batch["loss_mask"].to(device, non_blocking=True))
+def genlip_forward_step(data_iterator, model):
+    """megatron forward_step_func: one GenLIP micro-batch (a PackedBatch) through this model chunk."""
+    batch = next(data_iterator).to(next(model.parameters()).device)
+    output = model(batch.tokens, batch.image_patches, batch.is_image, batch.position_ids, batch.segment_ids,
+                   labels=batch.labels, spans=batch.spans)
+    return output, partial(_loss_func, batch.loss_mask)
 
 
 def _is_loss_reporter() -> bool:
@@ -75,7 +68,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(modules, micro_batches: list[dict], shape: ModelShape, device: torch.device,
+def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.device,
                stop_signal: bool = False, save_request: bool = False) -> StepResult:
     """Run one step on `micro_batches` (this rank's share of the global batch, in order).
 
@@ -84,19 +77,17 @@ def train_step(modules, micro_batches: list[dict], shape: ModelShape, device: to
     model, optimizer = modules.model, modules.optimizer
     seconds = {}
     start = time.perf_counter()
-    if modules.prepare_micro_batches is not None:
-        modules.prepare_micro_batches(micro_batches, step=modules.scheduler.num_steps)
+    inputs = modules.prepare_micro_batches(micro_batches, step=modules.scheduler.num_steps)
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    seq_length, micro_batch_size = micro_batches[0]["tokens"].shape[1], micro_batches[0]["tokens"].shape[0]
     # Every virtual stage consumes every micro-batch (each needs positions and masks).
-    iterators = [iter(micro_batches) for _ in model]
+    iterators = [iter(inputs) for _ in model]
     reports = get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=modules.forward_step,
         data_iterator=iterators if len(model) > 1 else iterators[0],
-        model=model, num_microbatches=len(micro_batches), seq_length=seq_length,
-        micro_batch_size=micro_batch_size, forward_only=False)
+        model=model, num_microbatches=len(micro_batches), seq_length=micro_batches[0].seq_length,
+        micro_batch_size=micro_batches[0].micro_batch_size, forward_only=False)
     _synchronize(device)
     seconds["forward_backward"] = time.perf_counter() - start
 
@@ -106,7 +97,7 @@ def train_step(modules, micro_batches: list[dict], shape: ModelShape, device: to
         for report in reports:
             stats[:2] += report["loss_sum_and_count"].to(device, torch.float64)
         for batch in micro_batches:
-            counts = count_tokens(batch["segment_ids"], batch["is_image"])
+            counts = count_tokens(batch.spans)
             stats[2] += counts.samples
             stats[3] += counts.tokens
             stats[4] += train_step_flops(shape, counts)

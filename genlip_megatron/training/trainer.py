@@ -24,6 +24,7 @@ from megatron.core import parallel_state
 from genlip_megatron.checkpoint.run_dir import read_latest, save_now_path
 from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
 from genlip_megatron.config.load import ConfigError
+from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import check
 from genlip_megatron.runtime import device as device_lib
 from genlip_megatron.training import faults
@@ -74,7 +75,7 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
     source = batch_source or build_batch_source(cfg, dp_rank, dp_size)
     modules = build_training_modules(cfg)
     shape = ModelShape.from_config(cfg.model, modules.padded_vocab)
-    micro_per_step = cfg.train.global_batch_size // (cfg.train.micro_batch_size * dp_size)
+    micro_per_step = StepSplit.of(cfg, dp_size).micro_batches
     counters = {"skipped_steps": 0}
     iteration = 0
     path, weights_only = _resume_path(cfg)

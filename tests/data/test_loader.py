@@ -16,7 +16,7 @@ GEOMETRY = ImageGeometry(patch_size=4, image_size=28)  # Fashion-MNIST: 49 patch
 TEXT = TextLayout(prompt_ids=(7, 8), end_ids=(9,), max_caption_tokens=16)
 SEQ, GLOBAL_BATCH = 128, 24  # ~2 samples per sequence, ~48 samples per step
 SAMPLES = fashion_samples(150, caption_words=6)
-KEYS = ("tokens", "image_patches", "is_image", "position_ids", "segment_ids", "labels", "loss_mask")
+KEYS = ("tokens", "image_patches", "is_image", "position_ids", "segment_ids", "labels", "loss_mask", "spans")
 
 
 def _dataset(samples=SAMPLES, broken=()):
@@ -44,7 +44,7 @@ def _global_steps(dp_size, num_steps, consumed=0, decoder="reference"):
 def _assert_same_rows(a, b):
     for row_a, row_b in zip(a, b):
         for key in KEYS:
-            assert torch.equal(row_a[key], row_b[key]), key
+            assert torch.equal(getattr(row_a, key), getattr(row_b, key)), key
 
 
 def test_same_seed_gives_identical_batches():
@@ -52,7 +52,7 @@ def test_same_seed_gives_identical_batches():
     for _ in range(2 * GLOBAL_BATCH):
         _assert_same_rows([next(a)], [next(b)])
     other = next(iter(PackedLoader(_dataset(), GEOMETRY, TEXT, SEQ, GLOBAL_BATCH, 1, 0, 1, seed=12)))
-    assert not torch.equal(other["tokens"], next(iter(_loader()))["tokens"])
+    assert not torch.equal(other.tokens, next(iter(_loader())).tokens)
 
 
 @pytest.mark.parametrize("dp_size", [1, 2, 3, 8])
@@ -61,7 +61,7 @@ def test_dp_ranks_see_disjoint_samples_covering_the_epoch_once(dp_size):
     while state is None or state["consumed_samples"] < len(SAMPLES):
         more, state = _global_steps(dp_size, len(steps) + 1)
         steps = more
-    per_rank = [[i for j, row in enumerate(step) if j % dp_size == r for i in sample_ids(row["tokens"])]
+    per_rank = [[i for j, row in enumerate(step) if j % dp_size == r for i in sample_ids(row.tokens)]
                 for step in steps for r in range(dp_size)]
     flat = [i for ids in per_rank for i in ids]
     order = GlobalOrder(_dataset().shard_sizes, seed=11)
@@ -96,8 +96,8 @@ def test_dali_loader_equals_reference_loader():
     for step_a, step_b in zip(dali, ref):
         for a, b in zip(step_a, step_b):
             for key in KEYS[2:] + ("tokens",):
-                assert torch.equal(a[key], b[key]), key
-            assert torch.allclose(a["image_patches"], b["image_patches"], atol=1e-5)  # 28 px: no resize
+                assert torch.equal(getattr(a, key), getattr(b, key)), key
+            assert torch.allclose(a.image_patches, b.image_patches, atol=1e-5)  # 28 px: no resize
 
 
 def _corrupted(index_bad_header, index_bad_body):
@@ -126,7 +126,7 @@ def test_bad_samples_are_replaced_deterministically_counted_and_logged(decoder, 
         runs.append((batches, loader.bad_samples))
     _assert_same_rows(runs[0][0], runs[1][0])
     assert runs[0][1] == runs[1][1] >= 4
-    seen = {i for b in runs[0][0] for i in sample_ids(b["tokens"])}
+    seen = {i for b in runs[0][0] for i in sample_ids(b.tokens)}
     assert seen.isdisjoint(bad_read | {bad_header}) and len(seen) >= len(SAMPLES) - 5
     # a damaged body with an intact header decodes leniently (grey fill) in DALI and in Pillow alike:
     # kept, the same way on every run (catching it would take a second full decode)

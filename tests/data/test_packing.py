@@ -7,6 +7,7 @@ import torch
 from genlip_megatron.data.packing import pack_sequences, plan_step
 from genlip_megatron.data.sample_sequence import IGNORE_INDEX, TextLayout, build_sample_sequence, patchify
 from genlip_megatron.data.sampler import GlobalOrder
+from genlip_megatron.model.varlen_attention import prefix_lm_spans
 
 TEXT = TextLayout(prompt_ids=(7, 8), end_ids=(9,), max_caption_tokens=4)
 
@@ -88,30 +89,31 @@ def test_packed_tensors_equal_the_per_sample_tensors():
     rng = np.random.default_rng(0)
     rows = [_samples(rng, [(2, 3, 4), (1, 2, 1), (3, 1, 2)]), _samples(rng, [(2, 2, 3)])]
     batch = pack_sequences(rows, seq_length=40)
-    assert batch["tokens"].shape == (2, 40) and batch["position_ids"].shape == (3, 2, 40)
-    assert batch["image_patches"].shape == (6 + 2 + 3 + 4, 12)
-    assert int(batch["is_image"].sum()) == batch["image_patches"].shape[0]
-    patch_rows = iter(batch["image_patches"])
+    assert batch.tokens.shape == (2, 40) and batch.position_ids.shape == (3, 2, 40)
+    assert batch.image_patches.shape == (6 + 2 + 3 + 4, 12)
+    assert int(batch.is_image.sum()) == batch.image_patches.shape[0]
+    patch_rows = iter(batch.image_patches)
     for b, row in enumerate(rows):
         offset = 0
         for seg, (seq, patches) in enumerate(row):
             sl = slice(offset, offset + len(seq))
-            assert batch["tokens"][b, sl].tolist() == seq.tokens.tolist()
-            assert batch["is_image"][b, sl].tolist() == seq.is_image.tolist()
-            assert batch["position_ids"][:, b, sl].tolist() == seq.position_ids.tolist()
-            assert batch["labels"][b, sl].tolist() == seq.labels.tolist()
-            assert batch["loss_mask"][b, sl].tolist() == seq.loss_mask.tolist()
-            assert (batch["segment_ids"][b, sl] == seg).all()
+            assert batch.tokens[b, sl].tolist() == seq.tokens.tolist()
+            assert batch.is_image[b, sl].tolist() == seq.is_image.tolist()
+            assert batch.position_ids[:, b, sl].tolist() == seq.position_ids.tolist()
+            assert batch.labels[b, sl].tolist() == seq.labels.tolist()
+            assert batch.loss_mask[b, sl].tolist() == seq.loss_mask.tolist()
+            assert (batch.segment_ids[b, sl] == seg).all()
             for p in patches:  # b-major, then sequence order
                 assert torch.equal(next(patch_rows), torch.from_numpy(p))
             offset += len(seq)
         pad = slice(offset, 40)  # padding: no token, no loss, no label, segment -1, position 0
-        assert (batch["segment_ids"][b, pad] == -1).all() and (batch["labels"][b, pad] == IGNORE_INDEX).all()
-        assert (batch["loss_mask"][b, pad] == 0).all() and (batch["position_ids"][:, b, pad] == 0).all()
+        assert (batch.segment_ids[b, pad] == -1).all() and (batch.labels[b, pad] == IGNORE_INDEX).all()
+        assert (batch.loss_mask[b, pad] == 0).all() and (batch.position_ids[:, b, pad] == 0).all()
     lens = [len(s) for row in rows for s, _ in row]
-    assert batch["cu_seqlens"].tolist() == np.cumsum([0, *lens[:3], 40 - sum(lens[:3]), lens[3], 40 - lens[3]]).tolist()
-    assert batch["prefix_lengths"].tolist() == [6, 2, 3, 0, 4, 0]
-    assert batch["max_seqlen"] == max(lens + [40 - sum(lens[:3]), 40 - lens[3]])
+    # spans: (start, text start, end) per sample in the flattened [B * S] stream, padding in none
+    starts = [0, lens[0], lens[0] + lens[1], 40]
+    assert batch.spans.tolist() == [[s, s + n, s + n_all] for s, n, n_all in zip(starts, [6, 2, 3, 4], lens)]
+    assert batch.spans.tolist() == prefix_lm_spans(batch.segment_ids, batch.is_image).tolist()
 
 
 def test_pack_through_the_reference_model_equals_samples_run_one_by_one():
@@ -127,10 +129,10 @@ def test_pack_through_the_reference_model_equals_samples_run_one_by_one():
     packed = pack_sequences([row], seq_length=48)
     keys = ("tokens", "image_patches", "is_image", "position_ids", "segment_ids")
     with torch.no_grad():
-        logits = model.forward_packed(*(packed[k] for k in keys))["logits"][0]
+        logits = model.forward_packed(*(getattr(packed, k) for k in keys))["logits"][0]
         offset = 0
         for sample in row:
             alone = pack_sequences([[sample]], seq_length=len(sample[0]))
-            expected = model.forward_packed(*(alone[k] for k in keys))["logits"][0]
+            expected = model.forward_packed(*(getattr(alone, k) for k in keys))["logits"][0]
             assert torch.allclose(logits[offset : offset + len(sample[0])], expected, atol=1e-5)
             offset += len(sample[0])

@@ -9,6 +9,7 @@ gradient re-assembled to full tensors under their global names.
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 
 import torch
 from packed_batch import packed_batch
@@ -136,7 +137,8 @@ def parallel_loss_and_grads(layout: dict):
         grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=False), model)
     tc.finalize_model_grads_func = finalize_model_grads
     batches = micro_batches()
-    scale = pixel_scale(local_loss_counts(batches))  # DP = 1: the local counts are global
+    scale = pixel_scale(local_loss_counts([SimpleNamespace(**b) for b in batches],
+                                          [b["image_prefix"] for b in batches]))  # DP = 1: local = global
     reports = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, scale), data_iterator=iter(batches), model=[ddp],
         num_microbatches=MICRO_BATCHES, seq_length=SEQ, micro_batch_size=MICRO_BATCH,

@@ -15,11 +15,12 @@ from genlip_megatron.training.flops import (
 # One packed row of S = 10: sample 0 = 2 image patches + 3 text, sample 1 = 1 patch + 2 text, 2 pad.
 SEGMENTS = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, -1, -1]], dtype=torch.int32)
 IS_IMAGE = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 0, 0, 0]], dtype=torch.bool)
+SPANS = torch.tensor([[0, 2, 5], [5, 6, 8]])  # (start, text start, end) per sample, as the packer writes
 SHAPE = ModelShape(hidden=4, ffn_hidden=6, layers=2, text_embed_dim=4, padded_vocab=16, patch_dim=12)
 
 
 def test_counts_and_allowed_pairs_match_the_prefix_lm_mask():
-    counts = count_tokens(SEGMENTS, IS_IMAGE)
+    counts = count_tokens(SPANS)
     assert (counts.image_tokens, counts.text_tokens, counts.samples) == (3, 5, 2)
     # Hand count: sample 0 -> 2*2 + 3*2 + (1+2+3) = 16, sample 1 -> 1 + 2*1 + (1+2) = 6.
     assert counts.attention_pairs == 22
@@ -30,7 +31,7 @@ def test_counts_and_allowed_pairs_match_the_prefix_lm_mask():
 
 
 def test_training_flops_equal_a_hand_count():
-    counts = count_tokens(SEGMENTS, IS_IMAGE)
+    counts = count_tokens(SPANS)
     patch_embed = 2 * 3 * 12 * 4  # 288
     per_layer = (2 * 8 * 4 * 16  # q, gate, k, v: 1024
                  + 2 * 8 * 16  # out projection: 256
@@ -42,7 +43,7 @@ def test_training_flops_equal_a_hand_count():
 
 
 def test_text_projection_terms_appear_only_when_text_width_differs():
-    counts = count_tokens(SEGMENTS, IS_IMAGE)
+    counts = count_tokens(SPANS)
     wider = ModelShape(hidden=4, ffn_hidden=6, layers=2, text_embed_dim=8, padded_vocab=16, patch_dim=12)
     extra = 2 * 5 * 8 * 4 + 2 * 8 * 4 * 8  # in_proj on 5 text tokens, proj on 8 tokens
     lm_head_growth = 2 * 8 * (8 - 4) * 16

@@ -1,5 +1,6 @@
 """A step with a non-finite loss is skipped without touching the model, and K in a row stop the run."""
 
+import dataclasses
 import math
 
 from multiproc import run_on_ranks
@@ -20,7 +21,7 @@ class PoisonedBatches(SyntheticBatches):
         step = self.consumed_sequences // self.global_batch + 1
         batch = super().next()
         if step in self.POISONED:
-            batch["image_patches"] = batch["image_patches"] * float("nan")
+            batch = dataclasses.replace(batch, image_patches=batch.image_patches * float("nan"))
         return batch
 
 
