@@ -121,6 +121,7 @@ def run_build(inputs: list[str], out_dir: str, tokenizer_path: str, settings: Bu
     """Build this task's units; return {"reports": [...], "failed": [...], "totals": {...}}."""
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
+    task_slice([], task_index, num_tasks)  # refuse a bad slice before anything is written
     tokenizer_path = os.path.abspath(tokenizer_path)
     tokenizer = Tokenizer.from_file(tokenizer_path)
     plan = make_plan(inputs, tokenizer, settings, prompt)

@@ -116,8 +116,11 @@ def check_token_range(manifest: Manifest, vocab_size: int) -> None:
 
 
 def load_tokenizer(manifest: Manifest) -> Tokenizer:
-    """The dataset's tokenizer.json, only if it is the one its shards were made with."""
-    tokenizer = Tokenizer.from_file(manifest.tokenizer_path)
+    """The dataset's tokenizer.json, only if it is the one its shards were made with (ShardError)."""
+    try:
+        tokenizer = Tokenizer.from_file(manifest.tokenizer_path)
+    except ValueError as exc:
+        raise ShardError(str(exc)) from None
     expected = manifest.tokenizer["sha256"]
     if tokenizer.sha256 != expected:
         raise ShardError(f"{manifest.tokenizer_path}: sha256 {tokenizer.sha256[:12]} is not the tokenizer the "
