@@ -26,11 +26,12 @@ from genlip_megatron.data.input_files import one_line, read_bounded
 from genlip_megatron.data.manifest import TOKENIZER_NAME
 from genlip_megatron.data.shards import fsync_dir
 from genlip_megatron.data.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, file_sha256
+from genlip_megatron.errors import InputError
 
 PLAN_NAME = "plan.json"
 
 
-class BuildError(Exception):
+class BuildError(InputError):
     """A build cannot start or finish; the message is one line naming the file."""
 
 

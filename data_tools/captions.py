@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from data_tools.sources import SampleProblem
+from genlip_megatron.errors import InputError
 
 _WHITESPACE = re.compile(r"\s+")
 MAX_RAW_CAPTION = 1 << 20  # characters (or bytes) of one caption field before cleaning
@@ -36,18 +37,18 @@ class CaptionSettings:
 
     def __post_init__(self):
         if not self.fields or not all(isinstance(f, str) and f for f in self.fields):
-            raise ValueError(f"--caption-field must name non-empty fields, got {list(self.fields)}")
+            raise InputError(f"--caption-field must name non-empty fields, got {list(self.fields)}")
         if self.mix is not None:
             if len(self.mix) != len(self.fields):
-                raise ValueError(f"--caption-mix has {len(self.mix)} weights for {len(self.fields)} fields")
+                raise InputError(f"--caption-mix has {len(self.mix)} weights for {len(self.fields)} fields")
             if not all(math.isfinite(w) and w >= 0 for w in self.mix) or not sum(self.mix) > 0:
-                raise ValueError(f"--caption-mix weights must be finite, >= 0 and not all 0, got {list(self.mix)}")
+                raise InputError(f"--caption-mix weights must be finite, >= 0 and not all 0, got {list(self.mix)}")
         for name, flag in (("max_chars", "--max-caption-chars"), ("max_tokens", "--max-caption-tokens")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+                raise InputError(f"{flag} must be a positive integer, got {value!r}")
         if self.max_chars > MAX_RAW_CAPTION:
-            raise ValueError(f"--max-caption-chars must be at most {MAX_RAW_CAPTION}, got {self.max_chars}")
+            raise InputError(f"--max-caption-chars must be at most {MAX_RAW_CAPTION}, got {self.max_chars}")
 
 
 def parse_json(raw: bytes) -> object:

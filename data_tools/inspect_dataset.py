@@ -89,6 +89,8 @@ def verify_dataset(manifest_path: str) -> list[str]:
 def show_sample(manifest_path: str, i: int, out_dir: str) -> tuple[str, str]:
     """Write sample i's image (`sample-<i>.jpg`) and caption (`sample-<i>.txt`); return both paths."""
     dataset = open_dataset(manifest_path)
+    if not 0 <= i < len(dataset):
+        raise ShardError(f"{manifest_path}: no sample {i} (the dataset has {len(dataset)})")
     sample = dataset[i]
     caption = load_tokenizer(dataset.manifest).decode(sample.tokens.tolist())
     os.makedirs(out_dir, exist_ok=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Union
 
 from genlip_megatron.data.input_files import InputFileError, count_lines, open_regular
+from genlip_megatron.errors import InputError
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -62,11 +63,11 @@ class SourceSettings:
     def __post_init__(self):
         for name in ("image_field", "key_field"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
+                raise InputError(f"{name} must be a non-empty name, got {getattr(self, name)!r}")
         for name, flag in (("max_member_bytes", "--max-image-bytes"), ("jsonl_lines_per_unit", "--jsonl-lines-per-shard")):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+                raise InputError(f"{flag} must be a positive integer, got {value!r}")
 
 
 Item = Union[RawSample, Reject]
@@ -83,7 +84,7 @@ def _kind(path: str) -> Optional[str]:
 def _regular(path: str) -> str:
     """Inputs are regular files: a FIFO or device named like an input would hang or never end."""
     if not os.path.isfile(path):  # follows symlinks: a link to a real file is fine
-        raise ValueError(f"{path}: not a regular file (a FIFO, device or broken link cannot be an input)")
+        raise InputError(f"{path}: not a regular file (a FIFO, device or broken link cannot be an input)")
     return path
 
 
@@ -96,12 +97,12 @@ def expand_inputs(inputs: list[str]) -> list[str]:
                 found.update(_regular(os.path.join(root, f)) for f in files if _kind(f))
         elif os.path.lexists(item):
             if _kind(item) is None:
-                raise ValueError(f"{item}: unknown input type (expected .tar, .parquet or .jsonl)")
+                raise InputError(f"{item}: unknown input type (expected .tar, .parquet or .jsonl)")
             found.add(_regular(item))
         else:
             matches = [_regular(m) for m in glob.glob(item) if _kind(m)]
             if not matches:
-                raise ValueError(f"{item}: no such input file, folder or glob match")
+                raise InputError(f"{item}: no such input file, folder or glob match")
             found.update(matches)
     return sorted(os.path.abspath(p) for p in found)
 
@@ -116,7 +117,7 @@ def plan_units(inputs: list[str], settings: SourceSettings) -> list[Unit]:
                 with open_regular(path) as f:
                     lines = count_lines(f)
             except InputFileError as exc:
-                raise ValueError(str(exc)) from None
+                raise InputError(str(exc)) from None
             step = settings.jsonl_lines_per_unit
             for start in range(0, max(lines, 1), step):
                 units.append(Unit(f"shard-{len(units):06d}", kind, path, start, min(start + step, lines)))

@@ -12,6 +12,7 @@ import os
 import sys
 
 from genlip_megatron.config.schema import DataConfig
+from genlip_megatron.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,7 +64,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value[:40]!r} is not an integer") from None
+        raise InputError(f"environment variable {name}={value[:40]!r} is not an integer") from None
 
 
 def _slice(args) -> tuple[int, int]:
@@ -80,7 +81,7 @@ def _weights(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise ValueError(f"--caption-mix {text[:60]!r}: expected comma-separated numbers") from None
+        raise InputError(f"--caption-mix {text[:60]!r}: expected comma-separated numbers") from None
 
 
 def _build(args) -> int:
@@ -122,34 +123,29 @@ def _build(args) -> int:
 
 
 def run(args) -> int:
-    from data_tools.build import BuildError
-    from genlip_megatron.data.input_files import InputFileError, one_line
-    from genlip_megatron.data.shards import ShardError
+    """Refusals (bad flags, inputs, shards) are InputErrors: cli.py prints them as one line, exit 2."""
+    if args.action == "build":
+        return _build(args)
+    if args.action == "merge":
+        from data_tools.merge import merge
 
-    try:
-        if args.action == "build":
-            return _build(args)
-        if args.action == "merge":
-            from data_tools.merge import merge
-
-            manifest = merge(args.out, full_verify=args.verify)
-            print(f"wrote manifest: {manifest.num_samples:,} samples in {len(manifest.shards)} shards")
-            return 0
-        from data_tools import inspect_dataset
-
-        if args.action == "info":
-            info = inspect_dataset.dataset_info(args.manifest)
-            print(json.dumps(info, indent=1) if args.json else inspect_dataset.format_info(info))
-            return 0
-        if args.action == "verify":
-            problems = inspect_dataset.verify_dataset(args.manifest)
-            for line in problems:
-                print(one_line(f"error: {line}"), file=sys.stderr)
-            print("ok" if not problems else f"{len(problems)} problems found")
-            return 1 if problems else 0
-        image, text = inspect_dataset.show_sample(args.manifest, args.index, args.out)
-        print(f"wrote {image} and {text}")
+        manifest = merge(args.out, full_verify=args.verify)
+        print(f"wrote manifest: {manifest.num_samples:,} samples in {len(manifest.shards)} shards")
         return 0
-    except (BuildError, ShardError, InputFileError, ValueError, IndexError) as exc:
-        print(one_line(f"error: {exc}"), file=sys.stderr)
-        return 2
+    from data_tools import inspect_dataset
+
+    if args.action == "info":
+        info = inspect_dataset.dataset_info(args.manifest)
+        print(json.dumps(info, indent=1) if args.json else inspect_dataset.format_info(info))
+        return 0
+    if args.action == "verify":
+        from genlip_megatron.data.input_files import one_line
+
+        problems = inspect_dataset.verify_dataset(args.manifest)
+        for line in problems:
+            print(one_line(f"error: {line}"), file=sys.stderr)
+        print("ok" if not problems else f"{len(problems)} problems found")
+        return 1 if problems else 0
+    image, text = inspect_dataset.show_sample(args.manifest, args.index, args.out)
+    print(f"wrote {image} and {text}")
+    return 0

@@ -52,16 +52,10 @@ def run(args: argparse.Namespace) -> int:
                         format=f"%(asctime)s [rank {where['rank']}] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
     # Imported late: megatron costs seconds to import, and a config error should not wait for it.
-    from genlip_megatron.data.input_files import one_line
-    from genlip_megatron.data.packing import BadDataError
-    from genlip_megatron.data.shard_format import ShardError
     from genlip_megatron.training.trainer import train
 
     try:
         return train(cfg, **where)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
-    except (ShardError, BadDataError) as exc:  # the dataset (data.manifest) cannot be trained on
-        print(one_line(f"error: {exc}"), file=sys.stderr)
         return 1

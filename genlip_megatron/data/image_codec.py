@@ -24,6 +24,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from genlip_megatron.errors import InputError
+
 JPEG_SOI = b"\xff\xd8"
 JPEG_MAX_SIDE = 65500  # libjpeg-turbo's JPEG_MAX_DIMENSION: no JPEG can be wider or taller
 EXIF_ORIENTATION = 0x0112
@@ -60,11 +62,11 @@ class ImageSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
                 bounds = f"between {low} and {high}" if high else f"at least {low}"
-                raise ValueError(f"{flag} must be an integer {bounds}, got {value!r}")
+                raise InputError(f"{flag} must be an integer {bounds}, got {value!r}")
         if self.max_side is not None and self.min_side > self.max_side:
-            raise ValueError(f"--min-side {self.min_side} > --max-side {self.max_side} would reject every image")
+            raise InputError(f"--min-side {self.min_side} > --max-side {self.max_side} would reject every image")
         if self.reencode not in ("auto", "always"):
-            raise ValueError(f"--reencode must be 'auto' or 'always', got {self.reencode!r}")
+            raise InputError(f"--reencode must be 'auto' or 'always', got {self.reencode!r}")
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ import os
 import stat
 from typing import BinaryIO, Iterator, Optional
 
+from genlip_megatron.errors import InputError
+
 __all__ = ["InputFileError", "open_regular", "read_bounded", "count_lines", "iter_lines", "one_line"]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-class InputFileError(Exception):
+class InputFileError(InputError):
     """`reason`: "unreadable" (missing, no permission, bad name), "not_regular_file" or "too_large"."""
 
     def __init__(self, path: str, reason: str, detail: str):

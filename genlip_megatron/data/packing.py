@@ -29,11 +29,12 @@ import torch
 from genlip_megatron.data.packed_batch import PackedBatch
 from genlip_megatron.data.sample_sequence import IGNORE_INDEX, SampleSequence
 from genlip_megatron.data.sampler import GlobalOrder
+from genlip_megatron.errors import InputError
 
 __all__ = ["BadDataError", "Slot", "StepPlan", "plan_step", "pack_sequences"]
 
 
-class BadDataError(RuntimeError):
+class BadDataError(InputError):
     """Too many samples failed to read or decode: the data (or its storage) needs attention."""
 
 

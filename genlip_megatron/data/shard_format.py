@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from genlip_megatron.errors import InputError
+
 MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
 MEGATRON_VERSION = 1
 DTYPE_CODE_UINT8 = 1  # megatron.core.datasets.indexed_dataset.DType.uint8
@@ -29,7 +31,7 @@ _EXT_HEADER = struct.Struct("<8sQQQ32s32sQ")  # magic, version, samples, bin byt
 _DIGEST = 32
 
 
-class ShardError(Exception):
+class ShardError(InputError):
     """A shard that cannot be trusted; the message is one line naming the file."""
 
 

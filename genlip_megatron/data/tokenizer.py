@@ -15,6 +15,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from genlip_megatron.data.input_files import InputFileError, one_line, open_regular, read_bounded
+from genlip_megatron.errors import InputError
 
 END_OF_TEXT = "<|endoftext|>"
 # Tokens that close a caption turn, in order of preference: Qwen chat models end a turn with
@@ -46,11 +47,11 @@ class Tokenizer:
         if end_tokens is None:
             found = [t for t in END_TOKEN_CANDIDATES if t in vocab][:1]
             if not found:
-                raise ValueError(f"{path or name}: no end-of-text token among {END_TOKEN_CANDIDATES}")
+                raise InputError(f"{path or name}: no end-of-text token among {END_TOKEN_CANDIDATES}")
             end_tokens = found
         missing = [t for t in end_tokens if t not in vocab]
         if missing:
-            raise ValueError(f"{path or name}: end tokens {missing} are not in the vocabulary")
+            raise InputError(f"{path or name}: end tokens {missing} are not in the vocabulary")
         self.end_ids = [vocab[t] for t in end_tokens]
         self.pad_id = next((vocab[t] for t in PAD_TOKEN_CANDIDATES if t in vocab), self.end_ids[0])
         # One past the largest id (the embedding rows ids need), not the number of tokens: a
@@ -64,9 +65,9 @@ class Tokenizer:
             data = read_bounded(path, MAX_TOKENIZER_BYTES)
             backend = HFTokenizer.from_str(data.decode("utf-8"))
         except InputFileError as exc:
-            raise ValueError(f"{exc} (a tokenizer.json)") from None
+            raise InputError(f"{exc} (a tokenizer.json)") from None
         except Exception as exc:  # the Rust side raises a plain Exception on bad JSON
-            raise ValueError(f"{one_line(path)}: not a tokenizers tokenizer.json ({one_line(str(exc))[:200]})") from None
+            raise InputError(f"{one_line(path)}: not a tokenizers tokenizer.json ({one_line(str(exc))[:200]})") from None
         if name is None:
             # tokenizer.json files are usually named after their folder (".../Qwen3-0.6B/tokenizer.json").
             stem = os.path.splitext(os.path.basename(path))[0]

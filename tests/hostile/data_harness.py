@@ -50,11 +50,12 @@ def build(inputs, out, *flags: str, cwd: str | None = None) -> subprocess.Comple
 
 
 def assert_one_line_errors(proc: subprocess.CompletedProcess) -> list[str]:
-    """No traceback; every stderr line is a one-line `error:`/`warning:` message. Returns them."""
+    """No traceback; every stderr line is a one-line message: the command's refusal (`genlip shards:
+    error: ...`) or a per-unit `error:`/`warning:` line. Returns them."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     for line in lines:
-        assert line.startswith(("error: ", "warning: ")), proc.stderr[-3000:]
+        assert line.startswith(("error: ", "warning: ", "genlip shards: error: ")), proc.stderr[-3000:]
     return lines
 
 

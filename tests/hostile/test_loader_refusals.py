@@ -120,14 +120,14 @@ def _train(manifest: str, run_dir) -> subprocess.CompletedProcess:
 
 def _error_lines(proc) -> list[str]:
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    return [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    return [line for line in proc.stderr.splitlines() if line.startswith("genlip train: error: ")]
 
 
 def test_training_on_a_dataset_it_cannot_use_exits_with_one_line(dataset, tmp_path):
     """Both cases in one test: each `genlip train` costs seconds of megatron start-up."""
     refused = _with_foreign_tokenizer(dataset, tmp_path / "refused", list(range(SHARDS)))
     proc = _train(os.path.join(refused, "manifest.json"), tmp_path / "run1")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     (line,) = _error_lines(proc)
     assert "cannot be read" in line and "refusing to mix tokenizers" in line
 
@@ -137,6 +137,6 @@ def test_training_on_a_dataset_it_cannot_use_exits_with_one_line(dataset, tmp_pa
     with pytest.raises(Exception, match="is not the tokenizer the shards were made with"):
         load_tokenizer(open_dataset(str(swapped)).manifest)
     proc = _train(str(swapped / "manifest.json"), tmp_path / "run2")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     (line,) = _error_lines(proc)
     assert "tokenizer.json" in line and "is not the tokenizer the shards were made with" in line

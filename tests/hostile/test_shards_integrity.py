@@ -244,7 +244,7 @@ def test_nonsense_build_flags_are_refused_in_one_line_before_anything_is_written
     rc = main(["shards", "build", str(tmp_path / "a.tar"), "--out", str(out), "--tokenizer", tokenizer_file(),
                "--no-progress", *flags])
     err = capsys.readouterr().err
-    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and named in err, err
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("genlip shards: error: ") and named in err, err
     assert not out.exists()
 
 
