@@ -167,7 +167,7 @@ def test_out_of_range_token_ids_are_refused_by_merge_verify_open_and_the_loader(
                           4, 1, 0, 1, seed=0, decoder="reference", max_bad_fraction=0.5, vocab_size=tokenizer.vocab_size)
     with caplog.at_level(logging.WARNING, logger="genlip_megatron.data.loader"):
         batches = [b for _, b in zip(range(24), loader)]
-    assert max(int(b["tokens"].max()) for b in batches) < vocab
+    assert max(int(b.tokens.max()) for b in batches) < vocab
     assert loader.bad_samples >= 1 and "outside the tokenizer's vocabulary" in caplog.text
     # an honest manifest entry is refused when the dataset is opened against its tokenizer, O(shards)
     data = json.load(open(os.path.join(out, "manifest.json")))
