@@ -13,7 +13,6 @@ import re
 from genlip_megatron.config.schema import Config
 from genlip_megatron.config.validate import validate
 
-LAUNCHERS = ("torchrun", "srun")
 # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -36,28 +35,17 @@ def slurm_time_seconds(text: str) -> int | None:
 
 
 def _launch_problems(cfg: Config) -> list[str]:
+    """Relations between launch keys; each key's own range and form is validate()'s (config/ranges.py)."""
     launch, out = cfg.launch, []
-    for key in ("nodes", "gpus_per_node", "cpus_per_rank"):
-        if getattr(launch, key) < 1:
-            out.append(f"launch.{key}={getattr(launch, key)} must be at least 1")
-    if launch.launcher not in LAUNCHERS:
-        out.append(f"launch.launcher: unknown value {launch.launcher!r}; choose from {', '.join(LAUNCHERS)}")
     if launch.container_image and launch.venv:
         out.append("launch.container_image and launch.venv are both set: the container brings its own "
                    "python; set only one")
     if launch.venv and not os.path.isfile(os.path.join(launch.venv, "bin", "activate")):
         out.append(f"launch.venv={launch.venv}: no bin/activate there (not a virtual environment)")
     seconds = slurm_time_seconds(launch.time)
-    if seconds is None:
-        out.append(f"launch.time={launch.time!r} is not an sbatch time (minutes, H:MM:SS or D-HH:MM:SS)")
-    elif not 0 < launch.signal_lead_s < seconds:
+    if seconds is not None and not 0 < launch.signal_lead_s < seconds:
         out.append(f"launch.signal_lead_s={launch.signal_lead_s} must be positive and shorter than "
                    f"launch.time={launch.time} ({seconds} s), or the checkpoint signal never comes in time")
-    bad_env = [item for item in launch.env if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", item)]
-    if bad_env:
-        out.append(f"launch.env entries must be KEY=VALUE: {', '.join(map(repr, bad_env))}")
-    if not 0 <= launch.master_port < 65536:
-        out.append(f"launch.master_port={launch.master_port} is not a port (0 = derive from the job id)")
     return out
 
 

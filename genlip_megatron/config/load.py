@@ -15,13 +15,13 @@ import dataclasses
 import difflib
 import functools
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from genlip_megatron.config import yaml_io
 from genlip_megatron.config.schema import Config
 from genlip_megatron.errors import InputError
 
@@ -36,30 +36,9 @@ class ConfigError(InputError):
         super().__init__("\n".join(self.errors))
 
 
-# NOTE: PyYAML follows YAML 1.1, where `1e-3` (no dot) is a *string*. Recipes are written that way
-# (`lr: 1e-3`), so both our loader and our dumper resolve it as a float, as YAML 1.2 does. The dumper
-# needs the same rule so that a *string* "1e-3" gets quoted and round-trips as a string.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-for _cls in (_Loader, _Dumper):
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
-# Short lists (`mrope_section: [8, 12, 12]`) read best inline, as the presets write them.
-_Dumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
-    "tag:yaml.org,2002:seq", data, flow_style=True))
-
-
-def parse_yaml(text: str) -> Any:
-    """yaml.safe_load with YAML 1.2 exponent floats (see _Loader)."""
-    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader subclass
+def parse_yaml(text: str, where: str = "<text>") -> Any:
+    """Strict YAML (yaml_io.py); kept here for the callers that parse config snippets."""
+    return yaml_io.parse_yaml(text, where)
 
 
 def preset_names() -> list[str]:
@@ -133,6 +112,29 @@ def _normalise(value: Any, annotation: Any) -> Any:
     return float(value) if annotation is float else value
 
 
+_REPR = reprlib.Repr()  # Python 3.11: limits are attributes, not constructor arguments
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 6, 4, 2
+# Numbers YAML 1.1 reads differently (yaml_io.py keeps them strings): a leading zero (octal there)
+# and colon groups (base 60 there: `4:00` is 240).
+_YAML11_NUMBER = re.compile(r"^[-+]?(?:0[0-9_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?)$")
+
+
+def _short(value: Any) -> str:
+    """repr of a value, cut to one short line (an error must not print a megabyte of YAML)."""
+    return _REPR.repr(value)
+
+
+def _short_text(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _yaml11_hint(value: Any) -> str:
+    if isinstance(value, str) and _YAML11_NUMBER.match(value.strip()):
+        return (" (YAML 1.1 would read this as an octal or base-60 number; write the plain decimal "
+                "number you mean)")
+    return ""
+
+
 def _set(cfg: Config, key: str, value: Any, errors: list[str], where: str) -> None:
     """Type-check `value` for dotted `key` and store it; on failure append a message to errors."""
     prefix = f"{where}: " if where else ""
@@ -142,7 +144,8 @@ def _set(cfg: Config, key: str, value: Any, errors: list[str], where: str) -> No
         return
     if not _matches(value, annotation):
         kind = "null" if value is None else type(value).__name__
-        errors.append(f"{prefix}{key}: expected {_type_name(annotation)}, got {kind} {value!r}")
+        errors.append(f"{prefix}{key}: expected {_type_name(annotation)}, got {kind} {_short(value)}"
+                      + _yaml11_hint(value))
         return
     section_name, _, field_name = key.partition(".")
     setattr(getattr(cfg, section_name), field_name, _normalise(value, annotation))
@@ -153,7 +156,7 @@ def _apply_mapping(cfg: Config, data: dict, errors: list[str], where: str) -> No
         if section_name not in _sections():
             errors.append(f"{where}: {_unknown_key(str(section_name))}")
         elif not isinstance(values, dict):
-            errors.append(f"{where}: {section_name}: expected a mapping of keys, got {values!r}")
+            errors.append(f"{where}: {section_name}: expected a mapping of keys, got {_short(values)}")
         else:
             for field_name, value in values.items():
                 _set(cfg, f"{section_name}.{field_name}", value, errors, where)
@@ -185,17 +188,21 @@ def _read_chain(name: str, errors: list[str]) -> list[tuple[str, dict]]:
             break
         seen.add(path.resolve())
         try:
-            data = parse_yaml(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            errors.append(f"{path}: cannot read: {exc}")
+            data = yaml_io.read_yaml_file(path)
+        except yaml_io.YamlError as exc:
+            errors.append(str(exc))
             break
+        except OSError as exc:
+            errors.append(f"{path}: cannot read: {exc.strerror or exc}")
+            break
+        data = {} if data is None else data
         if not isinstance(data, dict):
             errors.append(f"{path}: expected a mapping of sections at the top level")
             break
         data = dict(data)
         name = data.pop("base", None)
         if name is not None and not isinstance(name, str):
-            errors.append(f"{path}: base: expected a preset name or a path, got {name!r}")
+            errors.append(f"{path}: base: expected a preset name or a path, got {_short(name)}")
             name = None
         chain.insert(0, (str(path), data))
         relative_to = path.parent
@@ -215,9 +222,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if _annotation(key) is str:
         return key, raw
     try:
-        return key, parse_yaml(raw)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"override '{text}': cannot parse value: {exc}".splitlines()[0]) from None
+        return key, yaml_io.parse_yaml(raw, "value")
+    except yaml_io.YamlError as exc:
+        raise ValueError(f"override '{_short_text(text)}': cannot parse {exc}") from None
 
 
 def load_config(path_or_preset: str, overrides: typing.Iterable[str] = ()) -> Config:
@@ -260,9 +267,9 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def dump_config(cfg: Config) -> str:
     """The whole resolved config as YAML text that load_config reads back to an equal Config."""
-    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return yaml_io.dump_yaml(config_to_dict(cfg))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text("# resolved by genlip-megatron; load with `genlip config THIS_FILE`\n"
-                          + dump_config(cfg))
+                          + dump_config(cfg), encoding="utf-8")

@@ -22,6 +22,27 @@ from genlip_megatron.data.packing import pack_sequences
 from genlip_megatron.data.sample_sequence import TextLayout, build_sample_sequence
 
 
+def checked_text_layout(cfg, tokenizer, max_image_tokens: int) -> TextLayout:
+    """The prompt and end ids around every caption, refused (ConfigError naming the key) when the
+    tokenizer's ids do not fit model.vocab_size or the longest sample cannot fit data.seq_length."""
+    from genlip_megatron.config.load import ConfigError
+
+    d, m = cfg.data, cfg.model
+    if tokenizer.vocab_size > m.vocab_size:
+        raise ConfigError([f"model.vocab_size={m.vocab_size} is smaller than the {tokenizer.vocab_size} tokens "
+                           f"of the dataset's tokenizer ({tokenizer.name}): its ids would index past the "
+                           "embedding"])
+    text = TextLayout(tuple(tokenizer.encode(d.prompt)) if d.prompt else (), tuple(tokenizer.end_ids),
+                      d.max_caption_tokens)
+    longest = max_image_tokens + text.num_text_tokens(d.max_caption_tokens)
+    if longest > d.seq_length:
+        raise ConfigError([f"data.prompt is {len(text.prompt_ids)} tokens: with up to {max_image_tokens} "
+                           f"image tokens, {d.max_caption_tokens} caption tokens (data.max_caption_tokens) "
+                           f"and {len(text.end_ids)} end token(s) the longest sample is {longest} tokens, "
+                           f"more than data.seq_length={d.seq_length}"])
+    return text
+
+
 class SyntheticBatches:
     """Random image-caption samples packed into sequences of `seq_length`.
 
@@ -129,15 +150,11 @@ def build_batch_source(cfg, dp_rank: int, dp_size: int):
     d, m, t = cfg.data, cfg.model, cfg.train
     dataset = open_dataset(d.manifest)
     tokenizer = load_tokenizer(dataset.manifest)  # the shards' own (hash) and ids within it (manifest)
-    if tokenizer.vocab_size > m.vocab_size:
-        raise ValueError(f"the dataset's tokenizer has {tokenizer.vocab_size} tokens but "
-                         f"model.vocab_size={m.vocab_size}")
-    text = TextLayout(tuple(tokenizer.encode(d.prompt)) if d.prompt else (), tuple(tokenizer.end_ids),
-                      d.max_caption_tokens)
     geometry = ImageGeometry(patch_size=m.patch_size, image_size=d.image_size,
                              native_resolution=d.native_resolution, min_pixels=d.min_pixels,
                              max_pixels=d.max_pixels, random_resized_crop=d.random_resized_crop,
                              crop_scale=tuple(d.crop_scale), seed=d.seed)
+    text = checked_text_layout(cfg, tokenizer, geometry.max_image_tokens())
     loader = PackedLoader(dataset, geometry, text, d.seq_length, t.global_batch_size, t.micro_batch_size,
                           dp_rank, dp_size, d.seed, decoder="dali", decoder_device=d.decoder_device,
                           num_workers=d.num_workers, num_threads=d.num_threads,

@@ -51,10 +51,11 @@ class Outcome:
     def error_lines(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
-    def refused_in_one_line(self, *needles: str) -> str:
-        """Exit code 2 and exactly one non-empty stderr line containing every needle; returns it."""
+    def refused_in_one_line(self, *needles: str, code: int = 2) -> str:
+        """Exit code `code` (2: refused input; `genlip config` and `genlip train` say 1 for a config
+        problem) and exactly one non-empty stderr line containing every needle; returns that line."""
         lines = self.error_lines()
-        assert self.code == 2, f"exit code {self.code}, stderr:\n{self.stderr}"
+        assert self.code == code, f"exit code {self.code}, stderr:\n{self.stderr}"
         assert len(lines) == 1, f"expected one error line, got {len(lines)}:\n{self.stderr}"
         for needle in needles:
             assert needle in lines[0], f"{needle!r} not named in: {lines[0]}"

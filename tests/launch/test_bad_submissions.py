@@ -41,12 +41,12 @@ CASES = {
                            "launch.container_image and launch.venv are both set"),
     "signal_lead_longer_than_time": (["launch.time=10", "launch.signal_lead_s=900"],
                                      "launch.signal_lead_s=900 must be positive and shorter than launch.time=10"),
-    "bad_time": (["launch.time=4h"], "launch.time='4h' is not an sbatch time"),
+    "bad_time": (["launch.time=4h"], "launch.time='4h' must be an sbatch time"),
     "unknown_launcher": (["launch.launcher=mpirun"], "launch.launcher: unknown value 'mpirun'"),
     "no_run_dir": (["checkpoint.dir="], "checkpoint.dir is empty"),
     "missing_stage1_checkpoint": (["checkpoint.load=/nonexistent/iter_0001000"],
                                   "checkpoint.load=/nonexistent/iter_0001000: no such checkpoint"),
-    "env_not_key_value": (["launch.env=[NCCL_DEBUG]"], "launch.env entries must be KEY=VALUE"),
+    "env_not_key_value": (["launch.env=[NCCL_DEBUG]"], "launch.env[0]='NCCL_DEBUG' must be KEY=VALUE"),
     "unknown_key": (["launch.gpus=8"], "unknown key 'launch.gpus'"),
 }
 
