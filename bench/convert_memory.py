@@ -73,7 +73,7 @@ def _child(mode: str, checkpoint: str, out: str) -> None:
     del reader
     if mode == "convert":
         start = time.perf_counter()
-        export_to_hf(checkpoint, out)
+        export_to_hf(checkpoint, out, without_tokenizer=True)
         result["seconds"] = time.perf_counter() - start
     result["peak_rss_bytes"] = _peak_rss_bytes()
     print(json.dumps(result))

@@ -109,7 +109,9 @@ def select_caption(key: str, captions: dict, settings: CaptionSettings) -> tuple
     order = _field_order(key, settings)
     present = [f for f in order if isinstance(captions.get(f), (str, bytes))]
     if not present:
-        raise CaptionReject("missing_caption", f"no field among {list(settings.fields)}")
+        found = sorted(str(k) for k, v in captions.items() if isinstance(v, str))
+        raise CaptionReject("missing_caption", f"no field among {list(settings.fields)}; "
+                                               f"text fields of the sample: {found}")
     for name in present:
         if len(captions[name]) > MAX_RAW_CAPTION:  # bounded work per sample (nobody captions in megabytes)
             raise CaptionReject("caption_too_long", f"{len(captions[name])} characters before cleaning")

@@ -29,6 +29,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Options and positionals in any order: `genlip train CONFIG k=v --opt` and `CONFIG --opt k=v`
+    parse alike (argparse alone ends a `nargs="*"` positional at the first option). Subcommand
+    parsers (`convert to-hf`, `shards build`) are made of this class too."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back into parse_known_args
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _available() -> dict[str, tuple[str, str]]:
     found = {}
     for name, (module, text) in COMMANDS.items():
@@ -56,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name = argv[0]
     module = importlib.import_module(commands[name][0])
-    parser = argparse.ArgumentParser(prog=f"genlip {name}", description=commands[name][1])
+    parser = ArgumentParser(prog=f"genlip {name}", description=commands[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     try:

@@ -12,6 +12,7 @@ import re
 
 from genlip_megatron.config.schema import Config
 from genlip_megatron.config.validate import validate
+from genlip_megatron.data.dataset_ref import checked_vocab_size, load_tokenizer
 
 # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -49,6 +50,17 @@ def _launch_problems(cfg: Config) -> list[str]:
     return out
 
 
+def _dataset_problems(cfg: Config, key: str, ref: str) -> list[str]:
+    """A dataset (shard folder or its manifest.json) that exists and whose tokenizer fits the model."""
+    try:
+        tokenizer = load_tokenizer(ref)
+        if key == "data.manifest":
+            checked_vocab_size(cfg.model.vocab_size, tokenizer)
+    except ValueError as exc:  # DatasetRefError, or a tokenizer.json that does not load
+        return [f"{key}: {exc}"]
+    return []
+
+
 def _path_problems(cfg: Config) -> list[str]:
     out = []
     if not cfg.checkpoint.dir:
@@ -58,10 +70,10 @@ def _path_problems(cfg: Config) -> list[str]:
         if not cfg.data.manifest:
             out.append("data.manifest is empty: build shards first (genlip shards build) or set "
                        "train.synthetic_data=true")
-        elif not os.path.isfile(cfg.data.manifest):
-            out.append(f"data.manifest={cfg.data.manifest}: no such dataset manifest")
-    if cfg.data.eval_manifest and not os.path.isfile(cfg.data.eval_manifest):
-        out.append(f"data.eval_manifest={cfg.data.eval_manifest}: no such dataset manifest")
+        else:
+            out += _dataset_problems(cfg, "data.manifest", cfg.data.manifest)
+    if cfg.data.eval_manifest:
+        out += _dataset_problems(cfg, "data.eval_manifest", cfg.data.eval_manifest)
     if cfg.checkpoint.load and not os.path.exists(cfg.checkpoint.load):
         out.append(f"checkpoint.load={cfg.checkpoint.load}: no such checkpoint")
     return out

@@ -51,6 +51,15 @@ class Layout:
         return (f"TP{self.tp}{sp} PP{self.pp}{vpp} CP{self.cp} DP{self.dp} mbs{self.micro_batch_size} "
                 f"recompute={self.recompute}")
 
+    def overrides(self) -> list[str]:
+        """The config overrides that select this layout (DP follows from the world size)."""
+        return [f"parallel.tensor_model_parallel_size={self.tp}",
+                f"parallel.pipeline_model_parallel_size={self.pp}",
+                f"parallel.virtual_pipeline_model_parallel_size={self.vpp if self.vpp else 'null'}",
+                f"parallel.context_parallel_size={self.cp}",
+                f"parallel.sequence_parallel={'true' if self.sequence_parallel else 'false'}",
+                f"train.micro_batch_size={self.micro_batch_size}", f"model.recompute={self.recompute}"]
+
 
 def layer_params(cfg: Config) -> int:
     """One transformer block: q+gate (2H x H), k, v, out (H x H each), SwiGLU (3 H x F), biases,

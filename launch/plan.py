@@ -69,6 +69,7 @@ def report(cfg, gpus: int, gpu_name: str, top: int, text_tokens: int, assumption
         lines.append(f"  step {best.step_seconds:.3f} s = {secs} (ms); MFU {best.mfu:.1%}; "
                      f"{cfg.train.global_batch_size * cfg.data.seq_length / best.step_seconds / gpus:,.0f} "
                      "tokens/s/GPU")
+        lines.append(f"  overrides for genlip train / submit: {override_line(best.layout, gpus, gpu)}")
     lines.append(f"fitting layouts: {len(fits)} (fastest {min(top, len(fits))} shown)")
     lines.append(f"  {'layout':<52} {'GiB':>6} {'step s':>7} {'MFU':>6}")
     for est in fits[:top]:
@@ -83,6 +84,28 @@ def report(cfg, gpus: int, gpu_name: str, top: int, text_tokens: int, assumption
         layout, reason = examples[kind]
         lines.append(f"  {count:5d} x {kind}: e.g. {layout.describe()}: {reason}")
     return "\n".join(lines)
+
+
+def override_line(layout, gpus: int, gpu) -> str:
+    """`key=value ...` selecting `layout` on `gpus` GPUs: paste after CONFIG in train or submit."""
+    per_node = min(gpus, gpu.gpus_per_node)
+    launch = [f"launch.nodes={gpus // per_node}", f"launch.gpus_per_node={per_node}"] if gpus % per_node == 0 else []
+    return " ".join(layout.overrides() + launch)
+
+
+def _resolve_vocab(cfg) -> str | None:
+    """model.vocab_size from the dataset's tokenizer when unset; a problem line when impossible."""
+    if cfg.model.vocab_size is not None:
+        return None
+    if not cfg.data.manifest:
+        return "model.vocab_size is unset: set it, or name data.manifest to take it from the dataset's tokenizer"
+    from genlip_megatron.data.dataset_ref import load_tokenizer
+
+    try:
+        cfg.model.vocab_size = load_tokenizer(cfg.data.manifest).vocab_size
+    except ValueError as exc:
+        return f"data.manifest: {exc}"
+    return None
 
 
 def _reason_kind(reason: str) -> str:
@@ -101,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.gpus < 1:
         print(f"genlip plan: --gpus={args.gpus} must be at least 1", file=sys.stderr)
+        return 2
+    problem = _resolve_vocab(cfg)
+    if problem:
+        print(f"genlip plan: {problem}", file=sys.stderr)
         return 2
     assumptions = Assumptions(matmul_efficiency=args.matmul_efficiency)
     print(report(cfg, args.gpus, args.gpu, args.top, args.text_tokens, assumptions))

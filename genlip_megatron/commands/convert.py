@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     to_hf.add_argument("out")
     to_hf.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: as stored")
     to_hf.add_argument("--max-shard-size", type=_size, default=2 * 10 ** 9, help="e.g. 5GB (default 2GB)")
-    to_hf.add_argument("--tokenizer", help="tokenizer.json (default: the one next to the run's manifest)")
+    to_hf.add_argument("--tokenizer", help="tokenizer.json, HF tokenizer folder or dataset folder "
+                                           "(default: the run's training dataset's)")
+    to_hf.add_argument("--without-tokenizer", action="store_true",
+                       help="export the model without a tokenizer (otherwise a missing one is refused)")
     to_hf.add_argument("--eval-json", action="append", default=[], help="`genlip eval --json` results")
 
     from_hf = sub.add_parser("from-hf", help="HF GenLIP folder -> megatron checkpoint to continue training")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
             from genlip_megatron.convert.to_hf import export_to_hf
 
             summary = export_to_hf(args.checkpoint, args.out, dtype=args.dtype, max_shard_bytes=args.max_shard_size,
-                                   tokenizer=args.tokenizer, eval_json=args.eval_json)
+                                   tokenizer=args.tokenizer, eval_json=args.eval_json,
+                                   without_tokenizer=args.without_tokenizer)
         elif args.direction == "from-hf":
             from genlip_megatron.convert.from_hf import import_from_hf
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -19,8 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", required=True, help="captions JSONL of held-out images (image, caption, label)")
     parser.add_argument("--train", help="captions JSONL with labels to fit the linear probe on")
     parser.add_argument("--zero-shot", help='JSON {"class_names": [...], "captions": [[...], ...]}')
-    parser.add_argument("--tokenizer", help="tokenizer.json (default: the training dataset's)")
-    parser.add_argument("--image-size", type=int, help="default: the training config's data.image_size")
+    parser.add_argument("--tokenizer", help="tokenizer.json, HF tokenizer folder or dataset folder "
+                                            "(default: the model's own, or its training dataset's)")
+    parser.add_argument("--image-size", type=int, help="default: the model's (training config or processor)")
     parser.add_argument("--prompt", help="default: the training config's data.prompt")
     parser.add_argument("--limit-test", type=int, help="use the first N test lines")
     parser.add_argument("--limit-train", type=int, default=5000, help="use the first N train lines")
@@ -56,25 +58,22 @@ def _print(name: str, metrics: dict) -> None:
 def run(args) -> int:
     import torch
 
-    from genlip_megatron.checkpoint.run_dir import is_checkpoint
     from genlip_megatron.data.tokenizer import Tokenizer
     from genlip_megatron.eval import datasets
-    from genlip_megatron.eval.loading import load_model, random_like, run_defaults
+    from genlip_megatron.eval.loading import load_model, random_like
+    from genlip_megatron.eval.model_defaults import check_model_vocab, choose_tokenizer, model_defaults
     from genlip_megatron.eval.suite import evaluate_model, evaluate_pixels
 
     torch.set_num_threads(args.threads)
     try:
-        is_run = is_checkpoint(args.checkpoint)
-        defaults = run_defaults(args.checkpoint) if is_run else {}
-        tokenizer_path = args.tokenizer or defaults.get("tokenizer")
-        if not tokenizer_path:
-            raise ValueError("--tokenizer is required (the checkpoint does not name an existing tokenizer.json)")
+        defaults = model_defaults(args.checkpoint)
+        tokenizer = Tokenizer.from_file(choose_tokenizer(args.tokenizer, defaults))
         image_size = args.image_size or defaults.get("image_size")
         if not image_size:
-            raise ValueError("--image-size is required for a Hugging Face folder")
+            raise ValueError(f"--image-size is required: {args.checkpoint} records no image size")
         settings = _settings(args, defaults)
-        tokenizer = Tokenizer.from_file(tokenizer_path)
         model = load_model(args.checkpoint)
+        check_model_vocab(model, tokenizer)
         test = datasets.load_jsonl_split(args.test, image_size, args.limit_test)
         train = datasets.load_jsonl_split(args.train, image_size, args.limit_train) if args.train else None
         captions = None
@@ -93,6 +92,7 @@ def run(args) -> int:
     for name, metrics in results.items():
         _print(name, metrics)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
     return 0

@@ -115,11 +115,30 @@ def _build(args) -> int:
         print(f"error: {len(result['failed'])} units failed ({', '.join(result['failed'][:5])}); "
               "re-run the same command to retry them", file=sys.stderr)
         return 1
+    if t["samples"] == 0 and t["rejected"] > 0:
+        print(_nothing_kept(result["reports"], t, args), file=sys.stderr)
+        return 1
     if count == 1 and not args.no_merge:
         manifest = merge(args.out)
         print(f"wrote {os.path.join(args.out, 'manifest.json')}: {manifest.num_samples:,} samples "
               f"in {len(manifest.shards)} shards")
     return 0
+
+
+def _nothing_kept(reports: list[dict], totals: dict, args) -> str:
+    """One line for a build whose every sample was rejected: the top reasons with an example each,
+    and the fields the build looked for (the usual cause: captions under another field name)."""
+    examples = {}
+    for report in reports:
+        for key, reason, detail in report.get("examples", []):
+            examples.setdefault(reason, (key, detail.removeprefix(f"{reason}: ")))
+    top = sorted(totals["rejects"].items(), key=lambda kv: -kv[1])[:3]
+    reasons = "; ".join(f"{reason} x{n:,}" + (f" (e.g. {examples[reason][0]!r}: {examples[reason][1]})"
+                                              if reason in examples else "") for reason, n in top)
+    fields = args.caption_field or ["txt"]
+    return (f"error: the build kept no sample: all {totals['rejected']:,} were rejected: {reasons}. "
+            f"It looked for captions in {fields} (--caption-field) and images in {args.image_field!r} "
+            "(--image-field; tars: jpg/png/webp members); pass the fields your data uses")
 
 
 def run(args) -> int:

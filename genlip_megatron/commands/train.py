@@ -25,20 +25,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help=f"a preset ({', '.join(preset_names())}) or a YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. checkpoint.dir=runs/a train.device=cpu")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve (dataset, tokenizer, vocabulary) and validate the config for this "
+                             "launch's world size, print it, start nothing")
 
 
 def launch_environment(env: dict) -> dict:
-    """rank, world_size, local_rank, master_addr, master_port from torchrun or SLURM variables."""
+    """rank, world_size, local_rank, master_addr, master_port from torchrun or SLURM variables.
+
+    A world of one needs no rendezvous: it binds port 0 on 127.0.0.1 (the OS picks a free port), so
+    any number of single-process runs share a host, whatever MASTER_PORT says.
+    """
     def first(*names, default=None):
         return next((env[n] for n in names if env.get(n) not in (None, "")), default)
 
-    return {
+    where = {
         "rank": int(first("RANK", "SLURM_PROCID", default=0)),
         "world_size": int(first("WORLD_SIZE", "SLURM_NTASKS", default=1)),
         "local_rank": int(first("LOCAL_RANK", "SLURM_LOCALID", default=0)),
         "master_addr": first("MASTER_ADDR", default="127.0.0.1"),
         "master_port": int(first("MASTER_PORT", default=DEFAULT_PORT)),
     }
+    if where["world_size"] == 1:
+        where["master_addr"], where["master_port"] = "127.0.0.1", 0
+    return where
+
+
+def _dry_run(cfg, world_size: int) -> int:
+    from genlip_megatron.config.load import dump_config
+    from genlip_megatron.config.validate import check
+    from genlip_megatron.training.run_inputs import resolve_run_inputs
+
+    try:
+        check(resolve_run_inputs(cfg), world_size)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    sys.stdout.write(dump_config(cfg))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     where = launch_environment(dict(os.environ))
+    if args.dry_run:
+        return _dry_run(cfg, where["world_size"])
     logging.basicConfig(level=logging.INFO if where["rank"] == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {where['rank']}] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter

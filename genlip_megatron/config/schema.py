@@ -23,7 +23,7 @@ class ModelConfig:
     patch_size: int = 16
     num_channels: int = 3
     text_embed_dim: Optional[int] = None  # None -> hidden_size (then in_proj / proj are identity)
-    vocab_size: int = 151936  # tokenizer vocabulary (before padding)
+    vocab_size: Optional[int] = None  # tokenizer vocabulary (before padding); null -> the dataset tokenizer's
     make_vocab_size_divisible_by: int = 128  # padded vocab = multiple of this x TP
     layer_norm_eps: float = 1e-6
     layer_scale_init: float = 0.1
@@ -176,6 +176,9 @@ class Config:
 
 def padded_vocab_size(model: ModelConfig, tensor_parallel_size: int) -> int:
     """Vocabulary rounded up so every TP rank holds an equal, aligned slice of embedding and head."""
+    if model.vocab_size is None:
+        raise ValueError("model.vocab_size is unset: name a dataset (data.manifest) to take it from its "
+                         "tokenizer, or set it")
     multiple = model.make_vocab_size_divisible_by * tensor_parallel_size
     return -(-model.vocab_size // multiple) * multiple
 

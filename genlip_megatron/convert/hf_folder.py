@@ -28,28 +28,43 @@ def copy_modeling_code(folder: str) -> list[str]:
     copied = []
     for source in sorted(Path(hf_package.__file__).parent.glob("*.py")):
         if source.name != "__init__.py":
-            shutil.copy(source, os.path.join(folder, source.name))
+            shutil.copyfile(source, os.path.join(folder, source.name))
             copied.append(source.name)
     return copied
 
 
-def run_tokenizer(cfg) -> str | None:
-    """The dataset's tokenizer.json (next to its manifest), when it still exists."""
-    if not cfg.data.manifest:
-        return None
-    path = os.path.join(os.path.dirname(os.path.abspath(cfg.data.manifest)), TOKENIZER_FILE)
-    return path if os.path.isfile(path) else None
+def write_tokenizer(folder: str, tokenizer: str) -> str:
+    """Copy tokenizer.json and write tokenizer_config.json (AutoTokenizer) naming its end-of-turn token
+    as eos and its pad token, and generation_config.json (greedy captions end at eos)."""
+    from genlip_megatron.data.tokenizer import Tokenizer
 
-
-def write_tokenizer(folder: str, tokenizer: str | None) -> str | None:
-    if tokenizer is None:
-        return None
-    if not os.path.isfile(tokenizer):
-        raise FileNotFoundError(f"tokenizer file {tokenizer} does not exist")
-    shutil.copy(tokenizer, os.path.join(folder, TOKENIZER_FILE))
-    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 20}, f, indent=2)
+    tok = Tokenizer.from_file(tokenizer)
+    shutil.copyfile(tok.path, os.path.join(folder, TOKENIZER_FILE))
+    eos, pad = tok.id_to_token(tok.end_ids[-1]), tok.id_to_token(tok.pad_id)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
+              "model_max_length": 1 << 20, "clean_up_tokenization_spaces": False}
+    _write_json(os.path.join(folder, "tokenizer_config.json"), config)
+    _write_json(os.path.join(folder, "special_tokens_map.json"), {"eos_token": eos, "pad_token": pad})
+    generation = {"eos_token_id": tok.end_ids[-1] if len(tok.end_ids) == 1 else list(tok.end_ids),
+                  "pad_token_id": tok.pad_id, "do_sample": False, "max_new_tokens": 64}
+    _write_json(os.path.join(folder, "generation_config.json"), generation)
     return TOKENIZER_FILE
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def make_world_readable(folder: str) -> None:
+    """0644 files and a 0755 folder, whatever the umask or the copied sources' modes (as
+    save_pretrained leaves them): an export is shared with other users and jobs."""
+    os.chmod(folder, 0o755)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.chmod(path, 0o644)
 
 
 def write_image_processor(folder: str, cfg) -> None:
@@ -57,8 +72,9 @@ def write_image_processor(folder: str, cfg) -> None:
     d, patch = cfg.data, cfg.model.patch_size
     config = {
         # SigLIP's processor does exactly the stage-1 steps (square resize, rescale, normalise).
+        # Bilinear (PIL resample 2) like training's decoder (antialiased triangle filter).
         "image_processor_type": "SiglipImageProcessor",
-        "do_resize": True, "size": {"height": d.image_size, "width": d.image_size}, "resample": 3,
+        "do_resize": True, "size": {"height": d.image_size, "width": d.image_size}, "resample": 2,
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
         # Stage 2 (no HF processor does this): keep the aspect ratio, both sides multiples of the
@@ -78,7 +94,9 @@ def _last_metrics(run_dir: str) -> dict:
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                last = json.loads(line)
+                record = json.loads(line)
+                if "loss" in record:  # a training step (evaluation lines carry eval/ keys only)
+                    last = record
     return last
 
 
@@ -98,6 +116,28 @@ def _evaluation_rows(eval_json: list[str]) -> list[tuple[str, float]]:
     return rows
 
 
+SITE_SECTIONS = ("launch", "logging", "checkpoint")  # accounts, partitions, hosts, run folders
+DATASET_KEYS = ("manifest", "eval_manifest")
+
+
+def dataset_name(path: str) -> str:
+    """A dataset's folder name, without where it lives."""
+    if not path:
+        return ""
+    path = os.path.normpath(path)
+    folder = os.path.dirname(path) if path.endswith(".json") else path
+    return os.path.basename(folder)
+
+
+def shareable_config(cfg) -> dict:
+    """The run config without site details: no launch / logging / checkpoint sections (accounts,
+    partitions, paths), datasets named by their folder name only."""
+    data = {k: v for k, v in config_to_dict(cfg).items() if k not in SITE_SECTIONS}
+    for key in DATASET_KEYS:
+        data["data"][key] = dataset_name(data["data"][key])
+    return data
+
+
 def write_model_card(folder: str, reader, cfg, config, weights: dict, eval_json: list[str]) -> str:
     common, m = reader.common, cfg.model
     run_dir = os.path.dirname(os.path.abspath(reader.folder))
@@ -111,11 +151,13 @@ def write_model_card(folder: str, reader, cfg, config, weights: dict, eval_json:
         "checkpoint; weights in the official GenLIP layout (model_type `genlip`).", "",
         "```python", "from transformers import AutoModel",
         "model = AutoModel.from_pretrained(FOLDER, trust_remote_code=True)",
-        "features = model.get_image_features(pixel_values)  # [B, patches, width] after ln_post", "```", "",
+        "features = model.get_image_features(pixel_values)  # [B, patches, width] after ln_post",
+        "# greedy caption: the training prompt follows the image (config.caption_prompt)",
+        "ids = model.generate(pixel_values=pixel_values, input_ids=prompt_ids, max_new_tokens=32)", "```", "",
         "## Training", "",
         f"- steps: {common.get('iteration')} (schedule: {cfg.schedule.train_iters} iterations, "
         f"lr {cfg.optimizer.lr}, {cfg.schedule.decay_style})",
-        f"- data: {'synthetic batches' if cfg.train.synthetic_data else cfg.data.manifest or 'unknown'}"
+        f"- data: {'synthetic batches' if cfg.train.synthetic_data else dataset_name(cfg.data.manifest) or 'unknown'}"
         f" (consumed sequences: {data.get('consumed_sequences', data.get('consumed_samples', 'n/a'))}); "
         f"images {'native resolution' if cfg.data.native_resolution else f'{cfg.data.image_size}px'}, "
         f"packed to {cfg.data.seq_length} tokens, prompt {cfg.data.prompt!r}",
@@ -129,7 +171,7 @@ def write_model_card(folder: str, reader, cfg, config, weights: dict, eval_json:
     rows = _evaluation_rows(eval_json)
     lines += (["| metric | value |", "|---|---|"] + [f"| {k} | {v:.4g} |" for k, v in rows]) if rows else [
         "No evaluation results were given to the export (`genlip convert to-hf --eval-json`)."]
-    lines += ["", "## Run configuration", "", "```yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).strip(),
+    lines += ["", "## Run configuration", "", "```yaml", yaml.safe_dump(shareable_config(cfg), sort_keys=False).strip(),
               "```", ""]
     path = os.path.join(folder, "README.md")
     with open(path, "w", encoding="utf-8") as f:

@@ -41,6 +41,7 @@ def hf_config(cfg) -> GenLIPConfig:
         ls_init_value=m.layer_scale_init, drop_path_rate=m.drop_path_rate,
         drop_path_schedule=m.drop_path_schedule, rope_theta=m.rope_theta,
         mrope_section=list(m.mrope_section), initializer_range=m.init_method_std)
+    config.caption_prompt = cfg.data.prompt  # what captioning puts after the image (eval/model_defaults.py)
     config.architectures = ["GenLIPModel"]
     config.auto_map = {"AutoConfig": "configuration_genlip.GenLIPConfig",
                        "AutoModel": "modeling_genlip.GenLIPModel"}
@@ -120,10 +121,42 @@ def is_hf_export(folder: str) -> bool:
         return False
 
 
+def export_tokenizer(cfg, tokenizer: str | None, without_tokenizer: bool) -> str | None:
+    """The tokenizer.json an export carries: `tokenizer` (tokenizer.json, HF tokenizer folder or
+    dataset), else the run's training dataset's. Refused when there is none, unless the caller asked
+    for a folder without one: an exported model without its tokenizer cannot caption."""
+    from genlip_megatron.data.dataset_ref import DatasetRefError, run_tokenizer, tokenizer_file
+    from genlip_megatron.data.tokenizer import Tokenizer
+
+    if without_tokenizer:
+        return None
+    try:
+        path = tokenizer_file(tokenizer) if tokenizer else None
+    except DatasetRefError as exc:
+        raise ConversionError(str(exc)) from None
+    why = ""
+    if path is None:
+        path, why = run_tokenizer(cfg)
+    if path is None:
+        raise ConversionError(f"no tokenizer to export with the model: {why}; pass --tokenizer (a tokenizer.json, "
+                              "a Hugging Face tokenizer folder or the training dataset's folder), or "
+                              "--without-tokenizer for the weights alone")
+    try:
+        vocab = Tokenizer.from_file(path).vocab_size
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+    if vocab > cfg.model.vocab_size:
+        raise ConversionError(f"{path}: {vocab} tokens, but the model's vocabulary is {cfg.model.vocab_size}: "
+                              "not the tokenizer this model was trained with")
+    return path
+
+
 def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
                  max_shard_bytes: int = 2 * 1024 ** 3, tokenizer: str | None = None,
-                 eval_json: list[str] = ()) -> dict:
-    """Convert `checkpoint` (run dir or iter folder) into the HF folder `out`; returns a summary."""
+                 eval_json: list[str] = (), without_tokenizer: bool = False) -> dict:
+    """Convert `checkpoint` (run dir or iter folder) into the HF folder `out`; returns a summary.
+
+    tokenizer: see `export_tokenizer`; without_tokenizer=True writes the model alone, on purpose."""
     from genlip_megatron.convert import hf_folder
 
     reader = CheckpointReader(checkpoint)
@@ -143,5 +176,18 @@ def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
         hf_folder.write_image_processor(stage, cfg)
         card = hf_folder.write_model_card(stage, reader, cfg, config, weights, eval_json)
     card = os.path.join(out, os.path.basename(card))
+
+
+    tokenizer_path = export_tokenizer(cfg, tokenizer, without_tokenizer)
+    os.makedirs(out, exist_ok=True)
+    config = hf_config(cfg)
+    weights = write_weights(reader, cfg, out, DTYPES.get(dtype), max_shard_bytes)
+    config.dtype = weights["dtype"]
+    config.to_json_file(os.path.join(out, "config.json"))
+    hf_folder.copy_modeling_code(out)
+    tokenizer_file = hf_folder.write_tokenizer(out, tokenizer_path) if tokenizer_path else None
+    hf_folder.write_image_processor(out, cfg)
+    card = hf_folder.write_model_card(out, reader, cfg, config, weights, eval_json)
+    hf_folder.make_world_readable(out)
     return {"folder": out, "checkpoint": reader.folder, "iteration": reader.common.get("iteration"),
             "tokenizer": tokenizer_file, "model_card": card, **weights}

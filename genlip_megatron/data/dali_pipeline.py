@@ -87,7 +87,7 @@ def build_image_pipeline(
             source=_BatchSource(items_for_iteration),
             num_outputs=4,
             batch=True,
-            parallel=True,
+            parallel=num_workers > 0,  # data.num_workers=0: read in the pipeline's own thread
             dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.FLOAT],
         )
         # adjust_orientation=False: pixels as stored, like the reference decoder and the stored
@@ -115,7 +115,7 @@ def build_image_pipeline(
         num_threads=num_threads,
         device_id=device_id,
         seed=0,  # nothing random inside the graph: crops come from image_geometry
-        py_num_workers=num_workers,
+        py_num_workers=max(1, num_workers),
         py_start_method=py_start_method,
         prefetch_queue_depth=prefetch_queue_depth,
         exec_dynamic=True,

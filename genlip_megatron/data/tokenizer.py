@@ -61,6 +61,9 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str, name: str | None = None,
                   end_tokens: Sequence[str] | None = None) -> "Tokenizer":
+        """A `tokenizers` tokenizer.json, or a Hugging Face tokenizer folder holding one."""
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
         try:  # regular files of bounded size only; hash and parse the same bytes
             data = read_bounded(path, MAX_TOKENIZER_BYTES)
             backend = HFTokenizer.from_str(data.decode("utf-8"))
@@ -87,6 +90,9 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._backend.id_to_token(token_id)
+
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str, min_frequency: int = 2) -> None:
     """Fit a byte-level BPE (GPT-2 style) with <|endoftext|> and <|pad|>; write tokenizer.json.
@@ -105,6 +111,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str, min_frequenc
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     backend.save(tmp)
     os.replace(tmp, out_path)

@@ -15,7 +15,6 @@ import os
 
 import torch
 
-from genlip_megatron.checkpoint import run_dir
 from genlip_megatron.config.schema import ModelConfig
 from genlip_megatron.convert.mcore_names import mcore_to_hf
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
@@ -72,18 +71,6 @@ def load_model(path: str) -> GenLIPModel:
     if os.path.isfile(os.path.join(path, "config.json")):
         return GenLIPModel.from_pretrained(path, torch_dtype=torch.float32).eval()
     return load_checkpoint_model(path)[0]
-
-
-def run_defaults(path: str) -> dict:
-    """What evaluating the checkpoint at `path` (run directory or checkpoint folder) should default
-    to, from how it was trained: image_size, prompt, max_caption_tokens and the dataset's
-    tokenizer.json (when that file still exists)."""
-    folder = run_dir.resolve_checkpoint(path)
-    cfg = run_dir.read_run_config(folder)
-    tokenizer = os.path.join(os.path.dirname(os.path.abspath(cfg.data.manifest)), "tokenizer.json")
-    return {"image_size": cfg.data.image_size, "prompt": cfg.data.prompt,
-            "max_caption_tokens": cfg.data.max_caption_tokens,
-            "tokenizer": tokenizer if cfg.data.manifest and os.path.isfile(tokenizer) else None}
 
 
 def load_checkpoint_model(path: str):

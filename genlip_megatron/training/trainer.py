@@ -23,7 +23,6 @@ from megatron.core import parallel_state
 
 from genlip_megatron.checkpoint.run_dir import read_latest, save_now_path
 from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
-from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import check
 from genlip_megatron.runtime import device as device_lib
@@ -32,6 +31,7 @@ from genlip_megatron.training.batches import build_batch_source
 from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.model_setup import build_training_modules
+from genlip_megatron.training.run_inputs import resolve_run_inputs
 from genlip_megatron.training.step import current_lr, train_step
 
 log = logging.getLogger("genlip_megatron.train")
@@ -159,10 +159,8 @@ def train(cfg, rank: int, world_size: int, master_addr: str, master_port: int,
     """Validate, join the world, train, tear down; return the process exit code (faults.py)."""
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
 
+    resolve_run_inputs(cfg)  # absolute dataset names, vocabulary from the tokenizer: before start-up costs
     check(cfg, world_size)
-    if not cfg.train.synthetic_data and not cfg.data.manifest:  # fail before seconds of start-up
-        raise ConfigError([("data.manifest is empty: name a dataset manifest.json, or set "
-                            "train.synthetic_data=true to train on synthetic batches")])
     p = cfg.parallel
     init_distributed(rank, world_size, master_addr, master_port, device=cfg.train.device,
                      tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,

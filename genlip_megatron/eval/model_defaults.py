@@ -1,0 +1,68 @@
+"""What using a model defaults to, read from the model itself: image size, prompt, caption length
+and tokenizer of a training run (its saved config and dataset) or of an exported Hugging Face folder
+(its tokenizer.json, preprocessor_config.json and config.json).
+
+So `genlip eval`, `genlip caption` and `genlip convert` need no tokenizer or size arguments for a
+model this project trained or exported, from any working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from genlip_megatron.checkpoint import run_dir
+from genlip_megatron.data.dataset_ref import folder_tokenizer_file, run_tokenizer, tokenizer_file
+
+PROMPT_KEY = "caption_prompt"  # written into an exported config.json (convert/to_hf.py)
+
+
+def _hf_folder_defaults(path: str) -> dict:
+    out: dict = {"tokenizer": folder_tokenizer_file(path), "why_no_tokenizer": f"{path} holds no tokenizer.json"}
+    try:
+        with open(os.path.join(path, "preprocessor_config.json"), encoding="utf-8") as f:
+            size = json.load(f).get("size", {})
+        out["image_size"] = size.get("height") or size.get("shortest_edge")
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            prompt = json.load(f).get(PROMPT_KEY)
+        if isinstance(prompt, str):
+            out["prompt"] = prompt
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def model_defaults(path: str) -> dict:
+    """image_size, prompt, max_caption_tokens, tokenizer (path or None) and why_no_tokenizer, as far
+    as the model at `path` (run directory, checkpoint folder or HF folder) records them."""
+    if run_dir.is_checkpoint(path):
+        cfg = run_dir.read_run_config(run_dir.resolve_checkpoint(path))
+        tokenizer, why = run_tokenizer(cfg)
+        return {"image_size": cfg.data.image_size, "prompt": cfg.data.prompt,
+                "max_caption_tokens": cfg.data.max_caption_tokens, "tokenizer": tokenizer,
+                "why_no_tokenizer": why}
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return _hf_folder_defaults(path)
+    return {}
+
+
+def choose_tokenizer(argument: str | None, defaults: dict) -> str:
+    """The tokenizer.json to use: the argument (tokenizer.json, HF tokenizer folder or dataset), else
+    the model's own. ValueError (one line) when there is none."""
+    if argument:
+        return tokenizer_file(argument)
+    if defaults.get("tokenizer"):
+        return defaults["tokenizer"]
+    why = defaults.get("why_no_tokenizer") or "the model records no tokenizer"
+    raise ValueError(f"no tokenizer: {why}; pass --tokenizer (a tokenizer.json, a Hugging Face tokenizer "
+                     "folder or the training dataset's folder)")
+
+
+def check_model_vocab(model, tokenizer) -> None:
+    """A model whose vocabulary cannot hold every token of the tokenizer is the wrong pair."""
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size} tokens ({tokenizer.path}): not the tokenizer it was trained with")
