@@ -12,7 +12,8 @@ import re
 
 from genlip_megatron.config.schema import Config
 from genlip_megatron.config.validate import validate
-from genlip_megatron.data.dataset_ref import checked_vocab_size, load_tokenizer
+from genlip_megatron.data.dataset_ref import checked_vocab_size, dataset_tokenizer_file
+from genlip_megatron.data.tokenizer import Tokenizer
 
 # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -53,7 +54,7 @@ def _launch_problems(cfg: Config) -> list[str]:
 def _dataset_problems(cfg: Config, key: str, ref: str) -> list[str]:
     """A dataset (shard folder or its manifest.json) that exists and whose tokenizer fits the model."""
     try:
-        tokenizer = load_tokenizer(ref)
+        tokenizer = Tokenizer.from_file(dataset_tokenizer_file(ref))
         if key == "data.manifest":
             checked_vocab_size(cfg.model.vocab_size, tokenizer)
     except ValueError as exc:  # DatasetRefError, or a tokenizer.json that does not load

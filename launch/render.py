@@ -70,12 +70,23 @@ def layout_of(cfg: Config) -> JobLayout:
     return JobLayout(cfg.launch.nodes, cfg.launch.gpus_per_node, cfg.launch.launcher)
 
 
+def _dataset(path: str) -> str:
+    """A dataset's canonical name, its manifest.json (a shard folder names the same dataset); a
+    name that does not resolve stays as given, for checks.py to report."""
+    from genlip_megatron.data.dataset_ref import DatasetRefError, manifest_file
+
+    try:
+        return manifest_file(path) if path else path
+    except DatasetRefError:
+        return path
+
+
 def resolve_paths(cfg: Config, submit_dir: str) -> None:
     """Make every path the job reads absolute (it may start in another folder, or a container)."""
     cfg.checkpoint.dir = absolute(cfg.checkpoint.dir, submit_dir)
     cfg.checkpoint.load = absolute(cfg.checkpoint.load, submit_dir)
-    cfg.data.manifest = absolute(cfg.data.manifest, submit_dir)
-    cfg.data.eval_manifest = absolute(cfg.data.eval_manifest, submit_dir)
+    cfg.data.manifest = _dataset(absolute(cfg.data.manifest, submit_dir))
+    cfg.data.eval_manifest = _dataset(absolute(cfg.data.eval_manifest, submit_dir))
     cfg.logging.tensorboard_dir = absolute(cfg.logging.tensorboard_dir, submit_dir)
     cfg.launch.venv = absolute(cfg.launch.venv, submit_dir)
     cfg.launch.log_dir = absolute(cfg.launch.log_dir or run_layout.slurm_dir(cfg.checkpoint.dir),

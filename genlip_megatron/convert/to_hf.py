@@ -167,27 +167,16 @@ def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
     if dtype is not None and dtype not in DTYPES:
         raise ConversionError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     config = hf_config(cfg)
+    tokenizer_path = export_tokenizer(cfg, tokenizer, without_tokenizer)
     with staged_output(out, is_previous=is_hf_export) as stage:
         weights = write_weights(reader, cfg, stage, DTYPES.get(dtype), max_shard_bytes)
         config.dtype = weights["dtype"]
         config.to_json_file(os.path.join(stage, "config.json"))
         hf_folder.copy_modeling_code(stage)
-        tokenizer_file = hf_folder.write_tokenizer(stage, tokenizer or hf_folder.run_tokenizer(cfg))
+        tokenizer_file = hf_folder.write_tokenizer(stage, tokenizer_path) if tokenizer_path else None
         hf_folder.write_image_processor(stage, cfg)
         card = hf_folder.write_model_card(stage, reader, cfg, config, weights, eval_json)
+        hf_folder.make_world_readable(stage)
     card = os.path.join(out, os.path.basename(card))
-
-
-    tokenizer_path = export_tokenizer(cfg, tokenizer, without_tokenizer)
-    os.makedirs(out, exist_ok=True)
-    config = hf_config(cfg)
-    weights = write_weights(reader, cfg, out, DTYPES.get(dtype), max_shard_bytes)
-    config.dtype = weights["dtype"]
-    config.to_json_file(os.path.join(out, "config.json"))
-    hf_folder.copy_modeling_code(out)
-    tokenizer_file = hf_folder.write_tokenizer(out, tokenizer_path) if tokenizer_path else None
-    hf_folder.write_image_processor(out, cfg)
-    card = hf_folder.write_model_card(out, reader, cfg, config, weights, eval_json)
-    hf_folder.make_world_readable(out)
     return {"folder": out, "checkpoint": reader.folder, "iteration": reader.common.get("iteration"),
             "tokenizer": tokenizer_file, "model_card": card, **weights}

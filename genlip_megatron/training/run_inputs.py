@@ -7,6 +7,7 @@ find the same dataset and tokenizer from any working directory.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from genlip_megatron.config.load import ConfigError
@@ -40,6 +41,9 @@ def resolve_run_inputs(cfg):
         value = getattr(getattr(cfg, section), name)
         if value:
             setattr(getattr(cfg, section), name, os.path.abspath(os.path.expanduser(value)))
+    if cfg.logging.wandb_project and importlib.util.find_spec("wandb") is None:
+        errors.append(f"logging.wandb_project={cfg.logging.wandb_project}: wandb is not installed "
+                      "(pip install wandb), or leave logging.wandb_project empty")
     if errors:
         raise ConfigError(errors)
     if cfg.train.synthetic_data:

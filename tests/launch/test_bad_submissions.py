@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+from launch_dataset import empty_dataset
 
 from genlip_megatron.cli import main
 
@@ -25,9 +26,7 @@ def fake_sbatch(tmp_path, monkeypatch):
 
 @pytest.fixture
 def manifest(tmp_path):
-    path = tmp_path / "manifest.json"
-    path.write_text("{}")
-    return path
+    return empty_dataset(tmp_path / "data")
 
 
 CASES = {
@@ -36,7 +35,9 @@ CASES = {
                                       "6 GPUs (launch.nodes=3 x launch.gpus_per_node=2) are not divisible by "
                                       "TP x PP x CP = 4 x 1 x 1 = 4"),
     "missing_manifest": (["data.manifest=/nonexistent/manifest.json"],
-                         "data.manifest=/nonexistent/manifest.json: no such dataset manifest"),
+                         "data.manifest: /nonexistent/manifest.json: no dataset here"),
+    "vocabulary_below_the_tokenizer": (["model.vocab_size=100"], "data.manifest: model.vocab_size=100 is smaller "
+                                       "than the tokenizer's"),
     "container_and_venv": (["launch.container_image=img.sqsh", "launch.venv=VENV"],
                            "launch.container_image and launch.venv are both set"),
     "signal_lead_longer_than_time": (["launch.time=10", "launch.signal_lead_s=900"],

@@ -5,16 +5,14 @@ from __future__ import annotations
 import re
 
 import pytest
+from launch_dataset import empty_dataset
 
 from genlip_megatron.cli import main
 
 
 @pytest.fixture
 def manifest(tmp_path):
-    path = tmp_path / "data" / "manifest.json"
-    path.parent.mkdir()
-    path.write_text("{}")  # submission checks only that it exists
-    return path
+    return empty_dataset(tmp_path / "data")
 
 
 def _dry_run(capsys, *args) -> tuple[int, str]:
