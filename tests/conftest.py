@@ -13,7 +13,8 @@ def _worker_pools():
 
 @pytest.fixture(scope="session")
 def tiny_real_run(tmp_path_factory):
-    """A tiny GenLIP trained 3 steps by `genlip train` on real shards named by a RELATIVE folder
+    """A tiny GenLIP trained 60 steps (long enough for captions to depend on the image) by `genlip train`
+    on real shards named by a RELATIVE folder
     (data.manifest=shards, from `home`), vocabulary unset (taken from the tokenizer).
     {"home", "elsewhere" (another empty folder), "paths" (fmnist_run.build_dataset), "run"}."""
     from fmnist_run import TINY_REAL, build_dataset, genlip
@@ -23,7 +24,7 @@ def tiny_real_run(tmp_path_factory):
     home.mkdir()
     elsewhere.mkdir()
     paths = build_dataset(str(home))
-    done = genlip(["train", "tiny_cpu", "data.manifest=shards", "checkpoint.dir=run", "schedule.train_iters=3",
+    done = genlip(["train", "tiny_cpu", "data.manifest=shards", "checkpoint.dir=run", "schedule.train_iters=60",
                    *TINY_REAL], cwd=str(home))
     assert done.returncode == 0, done.stderr[-3000:]
     return {"home": home, "elsewhere": elsewhere, "paths": paths, "run": home / "run"}

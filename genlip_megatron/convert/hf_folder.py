@@ -149,11 +149,16 @@ def write_model_card(folder: str, reader, cfg, config, weights: dict, eval_json:
         "GenLIP (\"Let ViT Speak\", arXiv 2605.00809): one transformer trunk over image patches and caption "
         "tokens, trained by next-token prediction under a prefix-LM mask. Exported from a genlip-megatron "
         "checkpoint; weights in the official GenLIP layout (model_type `genlip`).", "",
-        "```python", "from transformers import AutoModel",
-        "model = AutoModel.from_pretrained(FOLDER, trust_remote_code=True)",
-        "features = model.get_image_features(pixel_values)  # [B, patches, width] after ln_post",
-        "# greedy caption: the training prompt follows the image (config.caption_prompt)",
-        "ids = model.generate(pixel_values=pixel_values, input_ids=prompt_ids, max_new_tokens=32)", "```", "",
+        "```python", "from PIL import Image",
+        "from transformers import AutoImageProcessor, AutoModel, AutoTokenizer", "",
+        "model = AutoModel.from_pretrained(FOLDER, trust_remote_code=True).eval()",
+        "tokenizer = AutoTokenizer.from_pretrained(FOLDER, trust_remote_code=True)",
+        "pixels = AutoImageProcessor.from_pretrained(FOLDER)(images=Image.open(PATH), return_tensors=\"pt\").pixel_values",
+        "features = model.get_image_features(pixels)  # [B, patches, width] after ln_post",
+        "# greedy caption: the training prompt follows the image",
+        "prompt = tokenizer(model.config.caption_prompt, add_special_tokens=False, return_tensors=\"pt\").input_ids",
+        "ids = model.generate(pixel_values=pixels, input_ids=prompt, max_new_tokens=32)",
+        "caption = tokenizer.decode(ids[0, prompt.shape[1]:], skip_special_tokens=True)", "```", "",
         "## Training", "",
         f"- steps: {common.get('iteration')} (schedule: {cfg.schedule.train_iters} iterations, "
         f"lr {cfg.optimizer.lr}, {cfg.schedule.decay_style})",

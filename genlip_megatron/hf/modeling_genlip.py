@@ -33,6 +33,7 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from .configuration_genlip import GenLIPConfig
+from .generation_genlip import GenLIPGenerationMixin
 from .kv_cache import continuation_allowed, continuation_positions, prefill_rope_deltas, text_positions
 from .layers_genlip import GenLIPEncoder, LayerScale
 from .masks import prefix_lm_allowed
@@ -108,8 +109,9 @@ class GenLIPPreTrainedModel(PreTrainedModel):
             _init.constant_(module.lambda1, self.config.ls_init_value)
 
 
-class GenLIPModel(GenLIPPreTrainedModel):
-    """GenLIP trunk + text embedding + LM head. State-dict keys match the official checkpoints."""
+class GenLIPModel(GenLIPPreTrainedModel, GenLIPGenerationMixin):
+    """GenLIP trunk + text embedding + LM head. State-dict keys match the official checkpoints.
+    `generate(pixel_values=..., input_ids=prompt)` captions through transformers (generation_genlip.py)."""
 
     def __init__(self, config: GenLIPConfig):
         super().__init__(config)

@@ -20,7 +20,7 @@ def trained(tiny_real_run):
 
 
 def test_the_run_records_the_dataset_by_absolute_name_and_the_tokenizer_vocabulary(trained):
-    saved = yaml.safe_load((trained["run"] / "iter_0000003" / "config.yaml").read_text())
+    saved = yaml.safe_load((trained["run"] / "iter_0000060" / "config.yaml").read_text())
     assert saved["data"]["manifest"] == os.path.join(trained["paths"]["shards"], "manifest.json")
     assert saved["model"]["vocab_size"] == load_tokenizer(trained["paths"]["shards"]).vocab_size
 

@@ -46,7 +46,7 @@ def genuine(tmp_path_factory):
 
 def _commands(genuine, run_dir, out) -> dict[str, list]:
     return {
-        "to-hf": ["convert", "to-hf", run_dir, out],
+        "to-hf": ["convert", "to-hf", run_dir, out, "--tokenizer", genuine / "tokenizer.json"],
         "to-timm": ["convert", "to-timm", run_dir, out],
         "eval": ["eval", "--checkpoint", run_dir, "--test", genuine / "test.jsonl", "--tokenizer",
                  genuine / "tokenizer.json", "--tasks", "caption_loss"],
@@ -90,7 +90,7 @@ def test_crafted_checkpoint_is_refused_by_every_reading_command_and_works_once_r
 def test_malformed_checkpoint_is_refused_by_the_reader_in_one_line(genuine, tmp_path, craft):
     run_dir, marker, named = _crafted(genuine, tmp_path, craft)
     before = snapshot(run_dir)
-    refused = run_command(["convert", "to-hf", run_dir, tmp_path / "out"])
+    refused = run_command(["convert", "to-hf", run_dir, tmp_path / "out", "--tokenizer", genuine / "tokenizer.json"])
     refused.refused_in_one_line(named)
     assert not marker.fired
     assert refused.peak_mb < PEAK_MB_LIMIT
