@@ -20,9 +20,10 @@ import os
 from genlip_megatron.data.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest
 from genlip_megatron.data.shards import ShardError
 from genlip_megatron.data.tokenizer import Tokenizer
+from genlip_megatron.errors import InputError
 
 
-class DatasetRefError(ValueError):
+class DatasetRefError(InputError):
     """A dataset or tokenizer name that does not resolve; str() is one line naming the path."""
 
 
