@@ -32,7 +32,7 @@ class CaptionSettings:
     fields: tuple[str, ...] = ("txt",)
     mix: Optional[tuple[float, ...]] = None  # weights per field; None -> first present field wins
     max_chars: int = 4000
-    max_tokens: int = 512
+    max_tokens: Optional[int] = None  # reject longer captions; None: keep all (training caps samples)
     seed: int = 0
 
     def __post_init__(self):
@@ -45,6 +45,8 @@ class CaptionSettings:
                 raise InputError(f"--caption-mix weights must be finite, >= 0 and not all 0, got {list(self.mix)}")
         for name, flag in (("max_chars", "--max-caption-chars"), ("max_tokens", "--max-caption-tokens")):
             value = getattr(self, name)
+            if name == "max_tokens" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"{flag} must be a positive integer, got {value!r}")
         if self.max_chars > MAX_RAW_CAPTION:

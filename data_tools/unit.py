@@ -119,7 +119,7 @@ def _prepare_sample(sample: RawSample, tokenizer: Tokenizer,
                     settings: BuildSettings) -> tuple[list[int], PreparedImage, dict]:
     caption, fixes = select_caption(sample.key, sample.captions, settings.caption)
     tokens = tokenizer.encode(caption)
-    if len(tokens) > settings.caption.max_tokens:
+    if settings.caption.max_tokens is not None and len(tokens) > settings.caption.max_tokens:
         raise CaptionReject("caption_too_many_tokens", f"{len(tokens)} tokens")
     if tokens and not 0 <= min(tokens) <= max(tokens) < tokenizer.vocab_size:
         raise SampleProblem("token_out_of_range", f"ids {min(tokens)}..{max(tokens)}, vocabulary "

@@ -47,7 +47,7 @@ def run(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    layout = text_layout(tokenizer, prompt)
+    layout = text_layout(tokenizer, prompt, end_text=defaults.get("end_text"))
     for path, text in zip(args.images, caption_images(model, tokenizer, images, layout, args.max_new_tokens)):
         print(f"{path}\t{text}")
     return 0

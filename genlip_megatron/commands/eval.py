@@ -44,6 +44,7 @@ def _settings(args, defaults: dict):
     settings = EvalSettings(tasks=tasks)
     settings.prompt = args.prompt if args.prompt is not None else defaults.get("prompt", settings.prompt)
     settings.max_caption_tokens = defaults.get("max_caption_tokens", settings.max_caption_tokens)
+    settings.end_text = defaults.get("end_text", settings.end_text)
     return settings
 
 

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--jpeg-quality", type=int, default=95)
     b.add_argument("--reencode", choices=["auto", "always"], default="auto")
     b.add_argument("--max-caption-chars", type=int, default=4000)
-    b.add_argument("--max-caption-tokens", type=int, default=512)
+    b.add_argument("--max-caption-tokens", type=int, default=None,
+                   help="reject captions of more tokens (default: keep every caption; training cuts a "
+                        "sample at data.max_sample_tokens, as the official recipe does)")
     b.add_argument("--seed", type=int, default=0, help="seed of the caption-field mix")
     b.add_argument("--prompt", default=DataConfig().prompt, help="prompt template to record")
     b.add_argument("--no-merge", action="store_true", help="skip the merge even for a single task")

@@ -120,6 +120,7 @@ RANGES: dict[str, Range] = {
     "data.seq_length": _count(1 << 20, why_high="positions and packing offsets are int32 and a packed "
                                              "sequence of more than 2**20 tokens never fits a device"),
     "data.max_caption_tokens": _count(1 << 16),
+    "data.max_sample_tokens": _count(1 << 20, why_high="a sample must fit one packed sequence (data.seq_length)"),
     "data.num_workers": _amount(1024),
     "data.num_threads": _count(1024),
     "data.seed": _SEED,
@@ -182,6 +183,7 @@ TEXT: dict[str, Text] = {
     "data.manifest": _PATH,
     "data.eval_manifest": _PATH,
     "data.prompt": Text(4096, r"[^\x00]+", "text without NUL"),
+    "data.end_text": Text(256, r"[^\x00]+", "text without NUL"),
     "checkpoint.dir": _PATH,
     "checkpoint.load": _PATH,
     "logging.tensorboard_dir": _PATH,
@@ -218,7 +220,7 @@ class Items:
 
 
 LIST_ITEMS: dict[str, Items] = {
-    "model.mrope_section": Items(8, number=_amount(1 << 16)),  # the sum rule is validate.py's
+    "model.mrope_section": Items(8, number=_amount(1 << 16)),  # the interleaved rule is validate.py's
     "model.decoder_mrope_section": Items(8, number=_amount(1 << 16)),
     "data.crop_scale": Items(2, number=Range(0, 1, low_open=True, interval=True)),
     # pyxis takes SRC[:DST[:FLAGS]] joined by commas: no comma inside one.

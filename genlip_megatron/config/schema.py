@@ -72,8 +72,14 @@ class DataConfig:
     random_resized_crop: bool = False
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
     seq_length: int = 16384  # tokens per packed sequence
-    max_caption_tokens: int = 256
+    # Per-sample caps (docs/recipe.md). A sample longer than max_sample_tokens (image + prompt +
+    # caption + end text; null = seq_length) is cut there, end text first, as the official code does
+    # (stage 2: 4,096). A caption longer than max_caption_tokens (null = none, the official stage 1)
+    # is cut and gets no end text: it never ended.
+    max_sample_tokens: Optional[int] = None
+    max_caption_tokens: Optional[int] = None
     prompt: str = "Describe the image in detail."
+    end_text: str = "<|im_end|>\n"  # closes every caption, carries loss; tokenised without special tokens
     decoder_device: str = "cpu"  # DALI decoder placement: "cpu" | "mixed" (GPU nvJPEG)
     num_workers: int = 2  # DALI parallel external-source workers
     num_threads: int = 2  # DALI CPU threads

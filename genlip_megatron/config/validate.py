@@ -141,7 +141,7 @@ def _data(cfg: Config, bad: set[str]) -> list[str]:
     if "data.crop_scale" not in bad and (len(d.crop_scale) != 2 or not d.crop_scale[0] <= d.crop_scale[1]):
         out.append(f"data.crop_scale={d.crop_scale} must be [low, high] with 0 < low <= high <= 1")
     if bad & {"model.patch_size", "data.image_size", "data.max_pixels", "data.seq_length",
-              "data.max_caption_tokens"}:
+              "data.max_sample_tokens"}:
         return out
     mask_bytes = cfg.train.micro_batch_size * d.seq_length ** 2
     if m.attention == "dense" and mask_bytes > DENSE_MASK_LIMIT and "train.micro_batch_size" not in bad:
@@ -154,13 +154,16 @@ def _data(cfg: Config, bad: set[str]) -> list[str]:
         if d.image_size % m.patch_size:
             out.append(_not_divisible("data.image_size", d.image_size, "model.patch_size", m.patch_size))
         image_tokens, source = (d.image_size // m.patch_size) ** 2, f"data.image_size={d.image_size}"
-    # The prompt's token count depends on the tokenizer, so it is not counted here; the packer
-    # enforces the exact bound. This catches the common mistake of a seq_length meant for text only.
-    needed = image_tokens + d.max_caption_tokens
-    if d.seq_length < needed:
-        out.append(f"data.seq_length={d.seq_length} is shorter than one sample: {image_tokens} image "
-                   f"tokens ({source}, model.patch_size={m.patch_size}) + up to {d.max_caption_tokens} "
-                   f"caption tokens (data.max_caption_tokens) = {needed}, plus the prompt")
+    if d.max_sample_tokens is not None and d.max_sample_tokens > d.seq_length:
+        out.append(f"data.max_sample_tokens={d.max_sample_tokens} is longer than data.seq_length={d.seq_length}: "
+                   "a sample must fit one packed sequence")
+    # Longer samples are cut (end text first), but the largest image must leave room for a caption.
+    # The prompt's token count depends on the tokenizer; the loader enforces the exact bound.
+    cap_key, cap = (("data.max_sample_tokens", d.max_sample_tokens) if d.max_sample_tokens is not None
+                    else ("data.seq_length", d.seq_length))
+    if cap <= image_tokens:
+        out.append(f"{cap_key}={cap} is too short for one sample: {image_tokens} image tokens ({source}, "
+                   f"model.patch_size={m.patch_size}) + at least one caption token, plus the prompt")
     return out
 
 

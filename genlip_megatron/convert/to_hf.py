@@ -42,6 +42,7 @@ def hf_config(cfg) -> GenLIPConfig:
         drop_path_schedule=m.drop_path_schedule, rope_theta=m.rope_theta,
         mrope_section=list(m.mrope_section), initializer_range=m.init_method_std)
     config.caption_prompt = cfg.data.prompt  # what captioning puts after the image (eval/model_defaults.py)
+    config.caption_end_text = cfg.data.end_text  # what closed every training caption (same reader)
     config.architectures = ["GenLIPModel"]
     config.auto_map = {"AutoConfig": "configuration_genlip.GenLIPConfig",
                        "AutoModel": "modeling_genlip.GenLIPModel"}

@@ -61,6 +61,7 @@ class PackedLoader:
         # Planning stops at the same share of unreadable samples the run tolerates (below): a step
         # cannot scan on forever when every shard is refused.
         max_unreadable = math.floor(max_bad_fraction * MIN_SAMPLES_FOR_BAD_FRACTION + 1e-9)
+        text = text.capped(seq_length)  # what RankSchedule plans with; samples are built alike
         self.schedule_args = dict(dataset=dataset, geometry=geometry, text=text, seq_length=seq_length,
                                   global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
                                   dp_rank=dp_rank, dp_size=dp_size, seed=seed, max_unreadable=max_unreadable,
@@ -116,7 +117,7 @@ class PackedLoader:
 
     def _build_pipeline(self, schedule: RankSchedule, base: int):
         # most samples a row can hold: DALI sizes its per-sample buffers by max_batch_size
-        longest_row = self.seq_length // (self.geometry.min_image_tokens() + self.text.num_text_tokens(0))
+        longest_row = self.seq_length // self.text.sample_length(self.geometry.min_image_tokens(), 0)
         return build_image_pipeline(
             ImageItemsAt(schedule, base), max_batch_size=schedule.micro_batch_size * longest_row,
             decoder_device=self.decoder_device, pad_to_batch=self.geometry.native_resolution,

@@ -78,9 +78,10 @@ class RankSchedule:
                  seed: int, start_consumed: int = 0, max_unreadable: Optional[int] = None,
                  vocab_size: Optional[int] = None):
         self.split = StepSplit(global_batch_size, micro_batch_size, dp_size)
-        longest = geometry.max_image_tokens() + text.num_text_tokens(text.max_caption_tokens)
-        if longest > seq_length:
-            raise ValueError(f"the longest possible sample ({longest} tokens) exceeds seq_length {seq_length}")
+        # A sample longer than seq_length is cut to it (end text first), as the official code cuts
+        # at its max length; the largest image with the prompt must still leave a caption token.
+        text = text.capped(seq_length)
+        text.sample_length(geometry.max_image_tokens(), 1)  # raises when even that does not fit
         self.dataset, self.geometry, self.text, self.seq_length = dataset, geometry, text, seq_length
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
@@ -93,7 +94,7 @@ class RankSchedule:
     def sample_length(self, position: int, index: int, sample=None) -> int:
         sample = self.dataset[index] if sample is None else sample
         gh, gw = self.geometry.grid(sample.height, sample.width, position, index)
-        return gh * gw + self.text.num_text_tokens(len(sample.tokens))
+        return self.text.sample_length(gh * gw, len(sample.tokens))
 
     def step_plan(self, step: int) -> StepPlan:
         while len(self._step_starts) <= step:  # plans chain: step n starts where step n - 1 ended

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Iterable, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -92,6 +93,32 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._backend.id_to_token(token_id)
+
+
+_MARKUP = re.compile(r"<\|[^<>|\s]+\|>|</?[A-Za-z_]+>|\[[A-Z_]+\]")  # <|im_end|>, </s>, <eos>, [SEP]
+
+
+def end_text_ids(tokenizer, end_text: str, setting: str = "data.end_text") -> tuple[int, ...]:
+    """Ids of the end text that closes every caption (official: "<|im_end|>\n"), tokenised without
+    special-token insertion, so it works with any tokenizer that has the pieces it names.
+
+    Raises ValueError (one line naming `setting`) when a special-token piece of the text, like
+    <|im_end|>, is not ONE token of this tokenizer (it would be spelled out character by character,
+    which is not an end of turn), or when the tokenizer cannot reproduce the text at all.
+    Duck-typed: needs encode(text) -> ids and decode(ids) -> text.
+    """
+    name = getattr(tokenizer, "name", "the tokenizer")
+    for piece in _MARKUP.findall(end_text):
+        if len(tokenizer.encode(piece)) != 1:
+            present = [t for t in END_TOKEN_CANDIDATES if len(tokenizer.encode(t)) == 1]
+            hint = f" (it has {', '.join(map(repr, present))})" if present else ""
+            raise ValueError(f"{setting}={end_text!r}: {piece!r} is not a token of {name}{hint}; set {setting} "
+                             "to the end-of-turn text of this tokenizer")
+    ids = tuple(tokenizer.encode(end_text))
+    if tokenizer.decode(ids) != end_text:
+        raise ValueError(f"{setting}={end_text!r}: {name} does not reproduce it (decodes to "
+                         f"{tokenizer.decode(ids)!r}); set {setting} to text this tokenizer can represent")
+    return ids
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_path: str, min_frequency: int = 2) -> None:

@@ -49,6 +49,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     captions = [c[: args.templates] for c in captions]
     timings["load evaluation images"] = time.perf_counter() - start
     settings = EvalSettings(prompt=cfg.data.prompt, max_caption_tokens=cfg.data.max_caption_tokens,
+                            end_text=cfg.data.end_text,
                             caption_examples=EXAMPLES)
     results = {
         "trained": evaluate_model(model, tokenizer, test, train, captions, settings),

@@ -1,4 +1,4 @@
-"""What using a model defaults to, read from the model itself: image size, prompt, caption length
+"""What using a model defaults to, read from the model itself: image size, prompt, end text, caption length
 and tokenizer of a training run (its saved config and dataset) or of an exported Hugging Face folder
 (its tokenizer.json, preprocessor_config.json and config.json).
 
@@ -15,6 +15,7 @@ from genlip_megatron.checkpoint import run_dir
 from genlip_megatron.data.dataset_ref import folder_tokenizer_file, run_tokenizer, tokenizer_file
 
 PROMPT_KEY = "caption_prompt"  # written into an exported config.json (convert/to_hf.py)
+END_TEXT_KEY = "caption_end_text"  # likewise: the run's data.end_text
 
 
 def _hf_folder_defaults(path: str) -> dict:
@@ -27,22 +28,24 @@ def _hf_folder_defaults(path: str) -> dict:
         pass
     try:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            prompt = json.load(f).get(PROMPT_KEY)
-        if isinstance(prompt, str):
-            out["prompt"] = prompt
+            config = json.load(f)
+        for key, name in ((PROMPT_KEY, "prompt"), (END_TEXT_KEY, "end_text")):
+            if isinstance(config.get(key), str):
+                out[name] = config[key]
     except (OSError, ValueError):
         pass
     return out
 
 
 def model_defaults(path: str) -> dict:
-    """image_size, prompt, max_caption_tokens, tokenizer (path or None) and why_no_tokenizer, as far
-    as the model at `path` (run directory, checkpoint folder or HF folder) records them."""
+    """image_size, prompt, end_text, max_caption_tokens, tokenizer (path or None) and why_no_tokenizer,
+    as far as the model at `path` (run directory, checkpoint folder or HF folder) records them."""
     if run_dir.is_checkpoint(path):
         cfg = run_dir.read_run_config(run_dir.resolve_checkpoint(path))
         tokenizer, why = run_tokenizer(cfg)
         return {"image_size": cfg.data.image_size, "prompt": cfg.data.prompt,
-                "max_caption_tokens": cfg.data.max_caption_tokens, "tokenizer": tokenizer,
+                "max_caption_tokens": cfg.data.max_caption_tokens, "end_text": cfg.data.end_text,
+                "tokenizer": tokenizer,
                 "why_no_tokenizer": why}
     if os.path.isfile(os.path.join(path, "config.json")):
         return _hf_folder_defaults(path)

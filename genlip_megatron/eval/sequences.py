@@ -16,14 +16,17 @@ import torch
 
 from genlip_megatron.data.packing import pack_sequences
 from genlip_megatron.data.sample_sequence import TextLayout, build_sample_sequence, patchify
+from genlip_megatron.data.tokenizer import end_text_ids
 
 MODEL_KEYS = ("tokens", "image_patches", "is_image", "position_ids", "segment_ids")
 
 
-def text_layout(tokenizer, prompt: str, max_caption_tokens: int = 256) -> TextLayout:
-    """Prompt and end-of-turn ids of a tokenizer (duck-typed: encode(text) -> ids, end_ids)."""
-    return TextLayout(tuple(tokenizer.encode(prompt)) if prompt else (), tuple(tokenizer.end_ids),
-                      max_caption_tokens)
+def text_layout(tokenizer, prompt: str, max_caption_tokens: int | None = None,
+                end_text: str | None = None) -> TextLayout:
+    """Prompt and end ids as training built them: `end_text` is the run's data.end_text; None falls
+    back to the tokenizer's own end-of-turn token (duck-typed: encode(text) -> ids, end_ids)."""
+    end = tuple(tokenizer.end_ids) if end_text is None else end_text_ids(tokenizer, end_text)
+    return TextLayout(tuple(tokenizer.encode(prompt)) if prompt else (), end, max_caption_tokens)
 
 
 def image_patches(images: torch.Tensor, patch_size: int) -> list[np.ndarray]:
@@ -48,11 +51,11 @@ def pair_batch(patches: Sequence[np.ndarray], grid: tuple[int, int], pairs: Sequ
     seq_length = max(len(s) for s in sequences)
     batch = pack_sequences([[(s, patches[i])] for s, (i, _) in zip(sequences, pairs)], seq_length)
     score_mask = batch.loss_mask.clone()
-    if not include_end and layout.end_ids:
+    if not include_end:
         for row, seq in enumerate(sequences):
-            # the last len(end_ids) loss positions of a sample predict its end tokens
+            # the last end_tokens loss positions of a sample predict its end tokens (none if cut)
             last = len(seq) - 1
-            score_mask[row, last - len(layout.end_ids) : last] = 0.0
+            score_mask[row, last - seq.end_tokens : last] = 0.0
     return batch, score_mask
 
 

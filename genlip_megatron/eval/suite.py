@@ -28,7 +28,8 @@ TASKS = ("caption_loss", "zero_shot", "linear_probe", "captions")
 @dataclass
 class EvalSettings:
     prompt: str = DataConfig().prompt  # must be the prompt the model was trained with
-    max_caption_tokens: int = DataConfig().max_caption_tokens
+    max_caption_tokens: int | None = DataConfig().max_caption_tokens
+    end_text: str | None = None  # the run's data.end_text; None: the tokenizer's own end-of-turn token
     include_end: bool = True  # zero-shot: score the end-of-turn tokens too (they carry loss in training)
     images_per_forward: int = 64  # zero-shot: most images per prefill (their C x K candidates share it)
     feature_source: str = "hidden_states"  # linear probe: after ln_post ("hidden_states") or "trunk"
@@ -50,7 +51,7 @@ def evaluate_model(model, tokenizer, test: LabelledImages, train: LabelledImages
     """
     settings = settings or EvalSettings()
     model.eval()
-    layout = text_layout(tokenizer, settings.prompt, settings.max_caption_tokens)
+    layout = text_layout(tokenizer, settings.prompt, settings.max_caption_tokens, settings.end_text)
     metrics: dict = {"seconds": {}, "examples": {}}
     tasks = set(settings.tasks)
 

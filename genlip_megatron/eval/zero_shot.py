@@ -40,12 +40,16 @@ def _candidate_batch(candidates: Sequence[Sequence[int]], layout: TextLayout, in
 
     Returns (tokens int64 [M, T], scored float64 [M, T]: 1 at the tokens whose log-probability counts).
     """
-    end = list(layout.end_ids)
-    rows = [list(ids)[: layout.max_caption_tokens] for ids in candidates]
-    longest = max(len(r) + len(end) for r in rows)
+    prompt = len(layout.prompt_ids)
+    rows = []  # (caption, end): a caption cut by the caption cap has no end tokens, as in training
+    for ids in candidates:
+        text, num_end = layout.text_ids(list(ids))
+        text = text[prompt:].tolist()
+        rows.append((text[: len(text) - num_end], text[len(text) - num_end :]))
+    longest = max(len(c) + len(e) for c, e in rows)
     tokens = torch.zeros(len(rows), longest, dtype=torch.long)
     scored = torch.zeros(len(rows), longest, dtype=torch.float64)
-    for i, caption in enumerate(rows):
+    for i, (caption, end) in enumerate(rows):
         tokens[i, : len(caption) + len(end)] = torch.tensor(caption + end, dtype=torch.long)
         scored[i, : len(caption) + (len(end) if include_end else 0)] = 1.0
     return tokens, scored

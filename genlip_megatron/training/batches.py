@@ -23,23 +23,28 @@ from genlip_megatron.data.sample_sequence import TextLayout, build_sample_sequen
 
 
 def checked_text_layout(cfg, tokenizer, max_image_tokens: int) -> TextLayout:
-    """The prompt and end ids around every caption, refused (ConfigError naming the key) when the
-    tokenizer's ids do not fit model.vocab_size or the longest sample cannot fit data.seq_length."""
+    """The prompt and end text around every caption and the sample caps, refused (ConfigError naming
+    the key) when the tokenizer's ids do not fit model.vocab_size, the tokenizer lacks a token of
+    data.end_text, or the largest image with the prompt leaves no caption token within the cap."""
     from genlip_megatron.config.load import ConfigError
+    from genlip_megatron.data.tokenizer import end_text_ids
 
     d, m = cfg.data, cfg.model
     if tokenizer.vocab_size > m.vocab_size:
         raise ConfigError([f"model.vocab_size={m.vocab_size} is smaller than the {tokenizer.vocab_size} tokens "
                            f"of the dataset's tokenizer ({tokenizer.name}): its ids would index past the "
                            "embedding"])
-    text = TextLayout(tuple(tokenizer.encode(d.prompt)) if d.prompt else (), tuple(tokenizer.end_ids),
-                      d.max_caption_tokens)
-    longest = max_image_tokens + text.num_text_tokens(d.max_caption_tokens)
-    if longest > d.seq_length:
+    try:
+        end = end_text_ids(tokenizer, d.end_text)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    text = TextLayout(tuple(tokenizer.encode(d.prompt)) if d.prompt else (), end,
+                      d.max_caption_tokens, d.max_sample_tokens).capped(d.seq_length)
+    cap_key = "data.max_sample_tokens" if d.max_sample_tokens is not None else "data.seq_length"
+    room = text.max_sample_tokens - max_image_tokens  # longer samples are cut, but one must fit
+    if room <= len(text.prompt_ids):
         raise ConfigError([f"data.prompt is {len(text.prompt_ids)} tokens: with up to {max_image_tokens} "
-                           f"image tokens, {d.max_caption_tokens} caption tokens (data.max_caption_tokens) "
-                           f"and {len(text.end_ids)} end token(s) the longest sample is {longest} tokens, "
-                           f"more than data.seq_length={d.seq_length}"])
+                           f"image tokens no caption token fits {cap_key}={text.max_sample_tokens}"])
     return text
 
 
@@ -54,13 +59,17 @@ class SyntheticBatches:
 
     PROMPT_IDS = (1, 2)  # stands in for the tokenized prompt (no loss)
     END_IDS = (3,)  # end-of-turn (loss)
+    TYPICAL_LONGEST_CAPTION = 256
 
     def __init__(self, cfg, dp_rank: int, dp_size: int):
         m, d, t = cfg.model, cfg.data, cfg.train
         self.split = StepSplit.of(cfg, dp_size)
         self.seed, self.seq_length, self.vocab = d.seed, d.seq_length, m.vocab_size
         self.patch, self.channels, self.grid = m.patch_size, m.num_channels, d.image_size // m.patch_size
-        self.text = TextLayout(self.PROMPT_IDS, self.END_IDS, d.max_caption_tokens)
+        self.text = TextLayout(self.PROMPT_IDS, self.END_IDS, d.max_caption_tokens,
+                               d.max_sample_tokens).capped(d.seq_length)
+        # Drawn caption lengths: up to the caption cap, else up to a typical long caption.
+        self.longest_caption = d.max_caption_tokens or self.TYPICAL_LONGEST_CAPTION
         self.global_batch = t.global_batch_size
         self.dp_rank = dp_rank
         self.consumed_sequences = 0  # global sequences of completed steps
@@ -73,7 +82,7 @@ class SyntheticBatches:
     def _sample(self, rng: np.random.Generator, room: int):
         image_tokens = self.grid * self.grid
         fixed = image_tokens + len(self.PROMPT_IDS) + len(self.END_IDS)
-        max_caption = min(self.text.max_caption_tokens, room - fixed)
+        max_caption = min(self.longest_caption, room - fixed, self.text.max_sample_tokens - fixed)
         if max_caption < 1:
             return None
         caption = rng.integers(max(4, self.vocab // 8), self.vocab,

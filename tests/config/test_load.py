@@ -12,7 +12,8 @@ from genlip_megatron.config.load import ConfigError, config_to_dict, load_config
 from genlip_megatron.config.schema import Config
 from genlip_megatron.config.validate import validate
 
-PRESETS = ["genlip_l16", "genlip_so16", "genlip_g16", "genlip_g16_stage2", "tiny_cpu"]
+PRESETS = ["genlip_l16", "genlip_so16", "genlip_g16", "genlip_l16_stage2", "genlip_so16_stage2", "genlip_g16_stage2",
+           "tiny_cpu"]
 
 
 def errors_of(source, *overrides) -> list[str]:

@@ -181,16 +181,38 @@ def test_unknown_enum_value_lists_the_choices(key, choices):
 
 # Data -----------------------------------------------------------------------------------------
 
-def test_seq_length_must_hold_one_stage1_sample():
-    assert problems(CPU, "data.seq_length=300") == [
-        ("data.seq_length=300 is shorter than one sample: 49 image tokens (data.image_size=28, "
-        "model.patch_size=4) + up to 256 caption tokens (data.max_caption_tokens) = 305, plus the prompt")]
+def test_seq_length_must_hold_one_stage1_image_and_a_caption_token():
+    # Longer captions are cut (end text first), so only the image must fit with room to spare.
+    assert problems(CPU, "data.seq_length=300") == []
+    assert problems(CPU, "data.seq_length=49") == [
+        ("data.seq_length=49 is too short for one sample: 49 image tokens (data.image_size=28, "
+         "model.patch_size=4) + at least one caption token, plus the prompt")]
 
 
-def test_seq_length_must_hold_the_largest_native_resolution_image():
-    [line] = problems("genlip_g16_stage2", "data.seq_length=1200")
-    assert line.startswith("data.seq_length=1200 is shorter than one sample: 1024 image tokens "
+def test_sample_cap_must_hold_the_largest_native_resolution_image():
+    [line] = problems("genlip_g16_stage2", "data.max_sample_tokens=1024")
+    assert line.startswith("data.max_sample_tokens=1024 is too short for one sample: 1024 image tokens "
                            "(data.max_pixels=262144")
+    [line] = problems("genlip_g16_stage2", "data.seq_length=1000", "data.max_sample_tokens=null")
+    assert line.startswith("data.seq_length=1000 is too short for one sample: 1024 image tokens")
+
+
+def test_sample_cap_must_fit_one_packed_sequence():
+    assert problems(CPU, "data.max_sample_tokens=600") == [
+        "data.max_sample_tokens=600 is longer than data.seq_length=512: a sample must fit one packed sequence"]
+
+
+@pytest.mark.parametrize("key", ["data.max_sample_tokens", "data.max_caption_tokens"])
+def test_caps_are_positive_or_null(key):
+    assert problems(CPU, f"{key}=null") == []
+    assert problems(CPU, f"{key}=0") == [f"{key}=0 must be positive"]
+
+
+def test_recipe_switches_list_their_choices():
+    assert problems(CPU, "model.drop_path_schedule=cosine") == [
+        "model.drop_path_schedule: unknown value 'cosine'; choose from constant, linear"]
+    assert problems(CPU, "optimizer.decay_params=none") == [
+        "optimizer.decay_params: unknown value 'none'; choose from all, megatron"]
 
 
 def test_image_size_must_be_a_multiple_of_the_patch():

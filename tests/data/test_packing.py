@@ -13,15 +13,44 @@ TEXT = TextLayout(prompt_ids=(7, 8), end_ids=(9,), max_caption_tokens=4)
 
 
 def test_sample_sequence_layout_masks_labels_and_positions():
-    seq = build_sample_sequence(2, 3, np.array([21, 22, 23, 24, 25]), TEXT)  # caption truncated to 4
-    # [6 image][prompt 7 8][caption 21 22 23 24][end 9]
-    assert seq.tokens.tolist() == [0] * 6 + [7, 8, 21, 22, 23, 24, 9]
-    assert seq.is_image.tolist() == [True] * 6 + [False] * 7
+    seq = build_sample_sequence(2, 3, np.array([21, 22, 23]), TEXT)
+    # [6 image][prompt 7 8][caption 21 22 23][end 9]
+    assert seq.tokens.tolist() == [0] * 6 + [7, 8, 21, 22, 23, 9]
+    assert seq.is_image.tolist() == [True] * 6 + [False] * 6
     assert seq.position_ids[:, :6].T.tolist() == [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [0, 1, 1], [0, 1, 2]]
-    assert (seq.position_ids[:, 6:] == np.arange(3, 10)).all()  # text starts at max(2, 3) on all axes
-    assert seq.labels.tolist() == [IGNORE_INDEX] * 5 + [7, 8, 21, 22, 23, 24, 9, IGNORE_INDEX]
+    assert (seq.position_ids[:, 6:] == np.arange(3, 9)).all()  # text starts at max(2, 3) on all axes
+    assert seq.labels.tolist() == [IGNORE_INDEX] * 5 + [7, 8, 21, 22, 23, 9, IGNORE_INDEX]
     # loss exactly where the label is a caption or end token
-    assert seq.loss_mask.tolist() == [0] * 7 + [1] * 5 + [0]
+    assert seq.loss_mask.tolist() == [0] * 7 + [1] * 4 + [0]
+    assert seq.end_tokens == 1
+
+
+def test_a_caption_cut_by_the_caption_cap_gets_no_end_token():
+    seq = build_sample_sequence(2, 3, np.array([21, 22, 23, 24, 25]), TEXT)  # 5 > max_caption_tokens 4
+    assert seq.tokens.tolist() == [0] * 6 + [7, 8, 21, 22, 23, 24]  # it never ended: no 9
+    assert seq.labels.tolist() == [IGNORE_INDEX] * 5 + [7, 8, 21, 22, 23, 24, IGNORE_INDEX]
+    assert seq.loss_mask.tolist() == [0] * 7 + [1] * 4 + [0] and seq.end_tokens == 0
+    assert TEXT.sample_length(6, 5) == len(seq) and TEXT.sample_length(6, 3) == 12
+
+
+def test_the_sample_cap_cuts_the_tail_end_text_first_as_the_official_code_does():
+    two_end = TextLayout(prompt_ids=(7, 8), end_ids=(9, 10), max_sample_tokens=13)  # "<|im_end|>", "\n"
+    whole = build_sample_sequence(2, 3, np.array([21, 22, 23]), two_end)  # 6 + 2 + 3 + 2 = 13: fits
+    assert whole.tokens.tolist()[6:] == [7, 8, 21, 22, 23, 9, 10] and whole.end_tokens == 2
+    one_more = build_sample_sequence(2, 3, np.array([21, 22, 23, 24]), two_end)  # 14: the newline goes
+    assert one_more.tokens.tolist()[6:] == [7, 8, 21, 22, 23, 24, 9] and one_more.end_tokens == 1
+    long = build_sample_sequence(2, 3, np.arange(30, 50), two_end)  # the caption itself is cut
+    assert long.tokens.tolist()[6:] == [7, 8, 30, 31, 32, 33, 34] and long.end_tokens == 0
+    assert long.loss_mask.sum() == 5 and long.labels[-2] == 34
+    for caption in (3, 4, 20):
+        assert two_end.sample_length(6, caption) == len(build_sample_sequence(2, 3, np.arange(caption), two_end))
+    with pytest.raises(ValueError, match="leave no caption token within the 13-token sample cap"):
+        build_sample_sequence(3, 4, np.arange(5), two_end)  # 12 image tokens + 2 prompt > 13 - 1
+
+
+def test_seq_length_is_the_sample_cap_when_none_is_set():
+    assert TextLayout((7,), (9,)).capped(40).max_sample_tokens == 40
+    assert TextLayout((7,), (9,), max_sample_tokens=30).capped(40).max_sample_tokens == 30
 
 
 def test_patchify_order_matches_conv2d_weight_columns():
