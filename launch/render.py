@@ -2,7 +2,9 @@
 
 Templates hold the shell; this module computes every value they need, so the dry run, the tests and
 the real submission all read the same numbers. A template placeholder is `{{name}}`; a name without
-a value is an error, never a silent blank.
+a value is an error, never a silent blank. Every value goes through launch/quoting.py, quoted for
+the spot it lands in (an #SBATCH line or the bash body): a path or name holding spaces, quotes,
+`$(...)`, backticks or `#` arrives as that text and is never run.
 
 NOTE: imports neither torch nor megatron: submission runs on login nodes.
 """
@@ -10,13 +12,22 @@ NOTE: imports neither torch nor megatron: submission runs on login nodes.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from dataclasses import dataclass
-from importlib import resources
 
 from genlip_megatron.checkpoint import run_dir as run_layout
 from genlip_megatron.config.schema import Config
+from launch.quoting import (
+    Shell,
+    export,
+    lines,
+    number,
+    render_template,
+    sbatch_directive,
+    sbatch_value,
+    trusted,
+    word,
+)
 
 # Defaults exported before the ranks start; launch.env overrides any of them (docs/launch.md).
 COMMON_ENV = {
@@ -30,15 +41,6 @@ GPU_ENV = {
     "NCCL_DEBUG": "WARN",  # INFO prints per-rank topology: thousands of lines at 1,024 GPUs
     "OMP_NUM_THREADS": "1",  # decoding uses DALI's own threads (data.num_threads)
 }
-PLACEHOLDER = re.compile(r"{{(\w+)}}")
-
-
-def render_template(name: str, values: dict) -> str:
-    text = resources.files("launch").joinpath("templates", name).read_text()
-    missing = sorted({m for m in PLACEHOLDER.findall(text) if m not in values})
-    if missing:
-        raise KeyError(f"template {name}: no value for {', '.join(missing)}")
-    return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
 
 
 def absolute(path: str, base: str) -> str:
@@ -118,38 +120,41 @@ def _mounts(cfg: Config, submit_dir: str) -> str:
     return ",".join(mounts)
 
 
-def srun_options(cfg: Config, submit_dir: str, job_dir: str, layout: JobLayout | None) -> str:
+def srun_options(cfg: Config, submit_dir: str, node_logs: bool) -> Shell:
+    """srun options of the job step; node_logs: one output file per node in "$JOB_DIR"."""
     opts = []
-    if layout is not None:
-        opts += [f"--ntasks-per-node={layout.tasks_per_node}", "--kill-on-bad-exit=1",
-                 f"--output={job_dir}/node-%n.log"]
+    if node_logs:
+        layout = layout_of(cfg)
+        opts += [f"--ntasks-per-node={number(layout.tasks_per_node)}", "--kill-on-bad-exit=1",
+                 '--output="$JOB_DIR"/node-%n.log']
     if cfg.launch.container_image:
-        opts += [f"--container-image={shlex.quote(cfg.launch.container_image)}",
-                 f"--container-mounts={shlex.quote(_mounts(cfg, submit_dir))}",
-                 f"--container-workdir={shlex.quote(submit_dir)}"]
-    return " ".join(opts)
+        opts += [f"--container-image={word(cfg.launch.container_image, 'launch.container_image')}",
+                 f"--container-mounts={word(_mounts(cfg, submit_dir), 'launch.container_mounts')}",
+                 f"--container-workdir={word(submit_dir, 'the working folder')}"]
+    return trusted(" ".join(opts))
 
 
-def _optional_sbatch(cfg: Config, gpus_per_node: int | None, dependency: str | None) -> str:
+def _optional_sbatch(cfg: Config, gpus_per_node: int | None, dependency: str | None) -> Shell:
     launch = cfg.launch
-    lines = [f"#SBATCH --{key}={value}" for key, value in
-             (("partition", launch.partition), ("account", launch.account), ("qos", launch.qos),
-              ("dependency", dependency or "")) if value]
+    found = [sbatch_directive(f"--{key}", value, f"launch.{key}") for key, value in
+             (("partition", launch.partition), ("account", launch.account), ("qos", launch.qos)) if value]
+    if dependency:
+        found.append(sbatch_directive("--dependency", dependency, "--dependency"))
     if gpus_per_node:
-        lines.append(f"#SBATCH --gpus-per-node={gpus_per_node}")
-    lines += [f"#SBATCH {arg}" for arg in launch.sbatch_args]
-    return "\n".join(lines)
+        found.append(trusted(f"#SBATCH --gpus-per-node={number(gpus_per_node)}"))
+    found += [sbatch_directive(arg, what="launch.sbatch_args") for arg in launch.sbatch_args]
+    return lines(found)
 
 
-def _setup(cfg: Config) -> str:
-    lines = [cfg.launch.setup] if cfg.launch.setup else []
+def _setup(cfg: Config) -> Shell:
+    found = [trusted(cfg.launch.setup)] if cfg.launch.setup else []  # shell by design (docs/launch.md)
     if cfg.launch.venv:
-        lines.append(f"source {shlex.quote(os.path.join(cfg.launch.venv, 'bin', 'activate'))}")
-    return "\n".join(lines) or "# (no launch.setup, venv or container: python from this job's PATH)"
+        found.append(trusted(f"source {word(os.path.join(cfg.launch.venv, 'bin', 'activate'), 'launch.venv')}"))
+    return lines(found) if found else trusted("# (no launch.setup, venv or container: python from this job's PATH)")
 
 
-def _exports(env: dict[str, str]) -> str:
-    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+def _exports(env: dict[str, str]) -> Shell:
+    return lines(export(key, value) for key, value in env.items())
 
 
 def train_script(cfg: Config, config_path: str, submit_dir: str, dependency: str | None = None,
@@ -157,20 +162,23 @@ def train_script(cfg: Config, config_path: str, submit_dir: str, dependency: str
     """The training job's sbatch script. `cfg` must have gone through resolve_paths."""
     launch, layout = cfg.launch, layout_of(cfg)
     gpus = launch.gpus_per_node if cfg.train.device == "cuda" else None
-    port = str(launch.master_port) if launch.master_port else "$((20000 + SLURM_JOB_ID % 20000))"
+    port = number(launch.master_port) if launch.master_port else trusted("$((20000 + SLURM_JOB_ID % 20000))")
     return render_template("train.sbatch", {
-        "header": header, "job_name": launch.job_name, "nodes": launch.nodes,
-        "tasks_per_node": layout.tasks_per_node,
-        "cpus_per_task": launch.cpus_per_rank * (layout.ranks_per_node // layout.tasks_per_node),
-        "time": launch.time, "log_dir": launch.log_dir, "submit_dir": submit_dir,
-        "signal_lead_s": launch.signal_lead_s,
+        "header": trusted(header), "job_name": sbatch_value(launch.job_name, "launch.job_name"),
+        "nodes": number(launch.nodes), "tasks_per_node": number(layout.tasks_per_node),
+        "cpus_per_task": number(launch.cpus_per_rank * (layout.ranks_per_node // layout.tasks_per_node)),
+        "time": sbatch_value(launch.time, "launch.time"),
+        "output": sbatch_value(os.path.join(launch.log_dir, "%x-%j.out"), "launch.log_dir"),
+        "submit_dir": sbatch_value(submit_dir, "the working folder"),
+        "signal_lead_s": number(launch.signal_lead_s),
         "optional_sbatch": _optional_sbatch(cfg, gpus, dependency),
-        "checkpoint_dir": cfg.checkpoint.dir, "master_port": port,
+        "log_dir": word(launch.log_dir, "launch.log_dir"),
+        "checkpoint_dir": word(cfg.checkpoint.dir, "checkpoint.dir"), "master_port": port,
         "env_exports": _exports(environment(cfg)), "setup": _setup(cfg),
-        "gpus_per_node": launch.gpus_per_node,
-        "srun_options": srun_options(cfg, submit_dir, "$JOB_DIR", layout),
-        "entry": "node.sh" if launch.launcher == "torchrun" else "rank.sh",
-        "train_args": shlex.quote(config_path), "max_requeues": launch.max_requeues,
+        "gpus_per_node": number(launch.gpus_per_node),
+        "srun_options": srun_options(cfg, submit_dir, node_logs=True),
+        "entry": trusted("node.sh" if launch.launcher == "torchrun" else "rank.sh"),
+        "train_args": word(config_path, "the frozen config path"), "max_requeues": number(launch.max_requeues),
     })
 
 
@@ -205,19 +213,24 @@ def shards_scripts(cfg: Config, submit_dir: str, num_tasks: int, build_args: lis
     """(array script building `num_tasks` slices, merge script to run after all of them)."""
     launch = cfg.launch
     common = {
-        "job_name": launch.job_name, "log_dir": launch.log_dir, "submit_dir": submit_dir,
+        "job_name": sbatch_value(launch.job_name, "launch.job_name"),
+        "submit_dir": sbatch_value(submit_dir, "the working folder"),
         "env_exports": _exports(environment(cfg)),
-        "setup": _setup(cfg), "srun_options": srun_options(cfg, submit_dir, "", None),
+        "setup": _setup(cfg), "srun_options": srun_options(cfg, submit_dir, node_logs=False),
     }
     array = render_template("shards_array.sbatch", {
-        **common, "header": "GenLIP shard build (array)", "last_task": num_tasks - 1,
-        "array_throttle": f"%{max_parallel}" if max_parallel else "", "num_tasks": num_tasks,
-        "cpus_per_task": launch.cpus_per_rank, "time": launch.time,
+        **common, "header": trusted("GenLIP shard build (array)"),
+        "array": sbatch_value(f"0-{num_tasks - 1}" + (f"%{max_parallel}" if max_parallel else ""), "--shards"),
+        "output": sbatch_value(os.path.join(launch.log_dir, "%x-%A_%a.out"), "launch.log_dir"),
+        "num_tasks": number(num_tasks), "cpus_per_task": number(launch.cpus_per_rank),
+        "time": sbatch_value(launch.time, "launch.time"),
         "optional_sbatch": _optional_sbatch(cfg, None, dependency),
-        "build_args": " ".join(shlex.quote(a) for a in build_args),
+        "build_args": trusted(" ".join(word(a, "--shards-args") for a in build_args)),
     })
     merge = render_template("shards_merge.sbatch", {
-        **common, "header": "GenLIP shard merge", "out_dir": shlex.quote(out_dir),
-        "optional_sbatch": _optional_sbatch(cfg, None, None),
+        **common, "header": trusted("GenLIP shard merge"),
+        "job_name": sbatch_value(f"{launch.job_name}-merge", "launch.job_name"),
+        "output": sbatch_value(os.path.join(launch.log_dir, "%x-%j.out"), "launch.log_dir"),
+        "out_dir": word(out_dir, "--out"), "optional_sbatch": _optional_sbatch(cfg, None, None),
     })
     return array, merge

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ import time
 from genlip_megatron.checkpoint import run_dir as run_layout
 from genlip_megatron.config.load import ConfigError, load_config, preset_names, save_config
 from launch import checks, render
+from launch.quoting import QuotingError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +62,21 @@ def _write(path: str, text: str) -> str:
     return path
 
 
+# sbatch --dependency: TYPE[:JOBID...] joined by "," (all) or "?" (any), e.g. afterok:123,afterany:124
+_DEPENDENCY = re.compile(r"[a-z]+(:[0-9_+]+)*([,?][a-z]+(:[0-9_+]+)*)*")
+
+
+def _stem(log_dir: str, job_name: str) -> str:
+    """<log_dir>/<job_name>-<time>: the job's files, always directly inside log_dir."""
+    stem = os.path.join(log_dir, f"{job_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.dirname(os.path.normpath(stem)) != os.path.normpath(log_dir):
+        raise QuotingError(f"launch.job_name={job_name!r} would put the job's files outside {log_dir}")
+    return stem
+
+
 def _submit_training(cfg, args, submit_dir: str) -> int:
     launch = cfg.launch
-    stem = os.path.join(launch.log_dir, f"{launch.job_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    stem = _stem(launch.log_dir, launch.job_name)
     config_path = stem + ".yaml"
     script = render.train_script(cfg, config_path, submit_dir, args.dependency)
     if args.dry_run:
@@ -110,8 +124,8 @@ def _submit_shards(cfg, args, submit_dir: str) -> int:
         print("# ---- merge job (afterok: the array) ----")
         print(merge)
         return 0
+    stem = _stem(cfg.launch.log_dir, cfg.launch.job_name)
     os.makedirs(cfg.launch.log_dir, exist_ok=True)
-    stem = os.path.join(cfg.launch.log_dir, f"{cfg.launch.job_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     array_id = _sbatch(_write(stem + "-array.sbatch", array))
     merge_id = _sbatch(_write(stem + "-merge.sbatch", merge), f"afterok:{array_id}")
     print(f"submitted array job {array_id} ({args.shards} tasks) and merge job {merge_id}; "
@@ -126,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(exc.errors)
     if args.chain < 1:
         return _fail([f"--chain={args.chain} must be at least 1"])
+    if args.dependency is not None and not _DEPENDENCY.fullmatch(args.dependency):
+        return _fail([f"--dependency={args.dependency!r} is not an sbatch dependency (e.g. afterok:123)"])
     submit_dir = os.getcwd()
     render.resolve_paths(cfg, submit_dir)
     problems = checks.submission_problems(cfg, training=args.shards is None)
@@ -137,5 +153,5 @@ def run(args: argparse.Namespace) -> int:
         if args.shards is not None:
             return _submit_shards(cfg, args, submit_dir)
         return _submit_training(cfg, args, submit_dir)
-    except RuntimeError as exc:
+    except (RuntimeError, QuotingError) as exc:
         return _fail([str(exc)])
