@@ -40,10 +40,9 @@ def _files(root) -> set[str]:
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
-    """A working folder named HOSTILE holding a dataset manifest, a venv and a hostile config."""
+    """A working folder named HOSTILE holding a venv (and, once _config runs, a hostile config)."""
     work = tmp_path / HOSTILE
-    (work / "data").mkdir(parents=True)
-    (work / "data" / "manifest.json").write_text("{}")
+    work.mkdir()
     venv = work / f"venv {HOSTILE}"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "activate").write_text(f'echo "venv activated" >> "{tmp_path}/activated.log"\n')
@@ -53,8 +52,7 @@ def site(tmp_path, monkeypatch):
 
 def _config(work, launcher: str = "torchrun", **launch) -> str:
     data = {"base": "tiny_cpu",
-            "train": {"device": "cpu", "synthetic_data": False},
-            "data": {"manifest": "data/manifest.json"},
+            "train": {"device": "cpu", "synthetic_data": True},
             "checkpoint": {"dir": f"run {HOSTILE}"},
             "launch": {"launcher": launcher, "gpus_per_node": 2, "time": "10",
                        "signal_lead_s": 60, "venv": str(work / f"venv {HOSTILE}"),
