@@ -12,7 +12,6 @@ steps, 77 a step hung (see docs/training.md).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -74,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     where = launch_environment(dict(os.environ))
     if args.dry_run:
         return _dry_run(cfg, where["world_size"])
-    logging.basicConfig(level=logging.INFO if where["rank"] == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {where['rank']}] %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("megatron").setLevel(logging.WARNING)  # its INFO lists every parameter
+    from genlip_megatron.runtime.log_setup import configure_logging
+
+    configure_logging(where["rank"])  # before megatron and transformers are imported: they warn on import
     # Imported late: megatron costs seconds to import, and a config error should not wait for it.
     from genlip_megatron.training.trainer import train
 

@@ -49,3 +49,13 @@ def current_device() -> torch.device:
 
 def is_cpu() -> bool:
     return current_device().type == "cpu"
+
+
+def peak_memory_bytes() -> int:
+    """Peak memory of this rank so far: allocated GPU memory on CUDA, the process's peak resident
+    set on CPU (what the OOM killer watches)."""
+    if current_device().type == "cuda":
+        return int(torch.cuda.max_memory_allocated(current_device()))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB

@@ -27,14 +27,29 @@ def throughput(samples: int, tokens: int, flops: float, seconds: float, world_si
             "mfu": tflops_per_device / peak_tflops if peak_tflops else None}
 
 
+def format_duration(seconds: float) -> str:
+    """4h05m, 12m30s, 45s: what a person reads at a glance."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def format_line(step: int, total: int, m: dict) -> str:
     parts = [f"step {step}/{total}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.3e}",
              "grad " + (f"{m['grad_norm']:.3f}" if m["grad_norm"] is not None else "n/a"),
-             f"skipped {m['skipped_steps']}", f"{m['samples_per_s']:.1f} samples/s",
-             f"{m['tokens_per_s']:.0f} tok/s", f"{m['tflops_per_device']:.3f} TFLOP/s/dev",
-             f"{m['seconds_per_step'] * 1e3:.0f} ms/step"]
+             f"skipped {m['skipped_steps']}"]
+    if m.get("consumed_samples") is not None:
+        parts.append(f"{m['consumed_samples']:,} samples seen")
+    parts += [f"{m['samples_per_s']:.1f} samples/s", f"{m['tokens_per_s']:.0f} tok/s",
+              f"{m['tflops_per_device']:.3f} TFLOP/s/dev", f"{m['seconds_per_step'] * 1e3:.0f} ms/step"]
     if m.get("mfu") is not None:
         parts.append(f"MFU {100 * m['mfu']:.1f}%")
+    if m.get("peak_memory_bytes") is not None:
+        parts.append(f"peak mem {m['peak_memory_bytes'] / 2**30:.2f} GiB")
+    parts.append(f"ETA {format_duration((total - step) * m['seconds_per_step'])}")
     return " | ".join(parts)
 
 

@@ -31,6 +31,7 @@ from genlip_megatron.training.batches import build_batch_source
 from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.model_setup import build_training_modules
+from genlip_megatron.training.run_banner import banner_lines, parameter_count
 from genlip_megatron.training.run_inputs import resolve_run_inputs
 from genlip_megatron.training.step import current_lr, train_step
 
@@ -76,15 +77,19 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
     modules = build_training_modules(cfg)
     shape = ModelShape.from_config(cfg.model, modules.padded_vocab)
     micro_per_step = StepSplit.of(cfg, dp_size).micro_batches
-    counters = {"skipped_steps": 0}
+    counters = {"skipped_steps": 0, "consumed_samples": 0}
     iteration = 0
     path, weights_only = _resume_path(cfg)
+    start = "fresh"
     if path:
         restored = load_checkpoint(path, modules, source, finetune=weights_only)
         iteration = restored.pop("iteration", 0)
         counters.update(restored)
-        if rank == 0:
-            log.info("resumed from %s at step %d%s", path, iteration, " (weights only)" if weights_only else "")
+        start = f"{path} at step {iteration}" + (" (weights only)" if weights_only else "")
+    params = parameter_count([chunk.module for chunk in modules.model])
+    if rank == 0:
+        for line in banner_lines(cfg, params, world, micro_per_step, start):
+            log.info(line)
 
     run_dir, total = cfg.checkpoint.dir, cfg.schedule.train_iters
     peak = mfu_peak_tflops(cfg.train.device, cfg.train.precision)
@@ -111,6 +116,7 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             outcome.step_work.append((result.samples, result.tokens))
             iteration += 1
             counters["skipped_steps"] += int(result.skipped)
+            counters["consumed_samples"] += result.samples
             outcome.losses[iteration] = result.loss
             step_seconds = time.perf_counter() - start
 
@@ -118,6 +124,8 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             metrics = dict(loss=result.loss, lr=current_lr(modules.optimizer), grad_norm=result.grad_norm,
                            skipped=int(result.skipped), skipped_steps=counters["skipped_steps"],
                            samples=result.samples, tokens=result.tokens, seconds_per_step=step_seconds,
+                           consumed_samples=counters["consumed_samples"],
+                           peak_memory_bytes=device_lib.peak_memory_bytes(),
                            **throughput(result.samples, result.tokens, result.flops, step_seconds, world, peak))
             logger.step(iteration, metrics)
             if async_queue is not None:
