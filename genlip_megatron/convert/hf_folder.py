@@ -77,8 +77,8 @@ def write_image_processor(folder: str, cfg) -> None:
         "do_resize": True, "size": {"height": d.image_size, "width": d.image_size}, "resample": 2,
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "do_convert_rgb": True,
-        # Stage 2 (no HF processor does this): keep the aspect ratio, both sides multiples of the
-        # patch, pixel count in [min_pixels, max_pixels]; same rescale and normalisation.
+        # Stage 2: Qwen2-VL's smart_resize with factor = patch (Qwen2VLImageProcessor's size rule,
+        # data/image_geometry.py), pixel count in [min_pixels, max_pixels]; same rescale and normalisation.
         "genlip_native_resolution": {"patch_size": patch, "min_pixels": d.min_pixels,
                                      "max_pixels": d.max_pixels, "used_in_training": d.native_resolution},
     }

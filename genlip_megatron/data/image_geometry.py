@@ -5,8 +5,9 @@ decoders (DALI and the reference) take crop windows and output sizes from here, 
 disagree. Random-resized-crop parameters are a pure function of (seed, global position, dataset
 index): reruns, resumes and DP-size changes crop identically, and no RNG state is checkpointed.
 
-Stage 1: a square `image_size` output. Stage 2 (`native_resolution`): aspect-preserving, both sides
-multiples of the patch size, pixel count in [min_pixels, max_pixels] (GenLIP: 64^2 .. 512^2).
+Stage 1: a square `image_size` output. Stage 2 (`native_resolution`): Qwen2-VL's smart_resize with
+factor = patch size (GenLIP: 16, 64^2 .. 512^2 pixels), the one definition of that rule here; the
+DALI graph and the reference decoder both resize to the sizes it gives.
 """
 
 from __future__ import annotations
@@ -18,34 +19,38 @@ import numpy as np
 
 from genlip_megatron.data.sampler import derive_key
 
-__all__ = ["ImageGeometry", "native_size"]
+__all__ = ["ImageGeometry", "MAX_ASPECT_RATIO", "smart_resize"]
+
+MAX_ASPECT_RATIO = 200  # Qwen2-VL's limit: longer-side / shorter-side above this is refused
 
 
-def native_size(height: int, width: int, patch: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Aspect-preserving (as far as the bounds allow) output size (h, w), both multiples of `patch`,
-    with min_pixels <= h * w <= max_pixels. Extreme aspect ratios clamp the short side to one patch
-    and cap the long side so the pixel bound still holds."""
-    if patch * patch > max_pixels or 2 * min_pixels > max_pixels + patch * patch:
-        raise ValueError(f"pixel bounds [{min_pixels}, {max_pixels}] are too tight for patch {patch}")
-    area = height * width
-    scale = math.sqrt(min(max(area, min_pixels), max_pixels) / area)
-    th = max(patch, round(height * scale / patch) * patch)
-    tw = max(patch, round(width * scale / patch) * patch)
-    # Rounding to whole patches (or the one-patch floor) can leave the bounds; fix the side whose
-    # change moves the area least in relative terms: shrink the long side, grow the short side.
-    if th * tw > max_pixels:
-        if th >= tw:
-            th = max(patch, max_pixels // tw // patch * patch)
-            tw = min(tw, max_pixels // th // patch * patch)
-        else:
-            tw = max(patch, max_pixels // th // patch * patch)
-            th = min(th, max_pixels // tw // patch * patch)
-    if th * tw < min_pixels:
-        if th <= tw:
-            th = -(-min_pixels // (tw * patch)) * patch  # ceil to whole patches
-        else:
-            tw = -(-min_pixels // (th * patch)) * patch
-    return int(th), int(tw)
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Stage-2 output size (h, w) of a height x width image: Qwen2-VL's `smart_resize`, the rule the
+    official GenLIP stage 2 uses (factor = patch 16, min 64^2, max 512^2 pixels).
+
+    Each side is first rounded to a multiple of `factor` (Python's round: halves go to even). If that
+    area is above max_pixels, both sides scale by beta = sqrt(h * w / max_pixels) and round DOWN to
+    a multiple of `factor`, but not below `factor`; else if it is below min_pixels, both scale by
+    beta = sqrt(min_pixels / (h * w)) and round UP. The aspect ratio is kept as far as the
+    rounding allows. Raises ValueError (one line) above an aspect ratio of MAX_ASPECT_RATIO.
+    Official examples: 480x640 -> 432x576, 1000x700 -> 608x416.
+    """
+    if min(height, width) < 1:
+        raise ValueError(f"a {height}x{width} image has no pixels")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio {ratio:.1f} of a {height}x{width} image is above {MAX_ASPECT_RATIO}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return int(h_bar), int(w_bar)
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,7 @@ class ImageGeometry:
             return self.image_size, self.image_size
         crop_h = max(1, round((window[2] - window[0]) * height))
         crop_w = max(1, round((window[3] - window[1]) * width))
-        return native_size(crop_h, crop_w, self.patch_size, self.min_pixels, self.max_pixels)
+        return smart_resize(crop_h, crop_w, self.patch_size, self.min_pixels, self.max_pixels)
 
     def grid(self, height: int, width: int, position: int, index: int) -> tuple[int, int]:
         """Patch grid (rows, cols) of a stored height x width image at this global position."""

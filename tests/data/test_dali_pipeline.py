@@ -7,10 +7,11 @@ rounding inside the resampler (DALI resizes in two separable passes at its own i
 
 import numpy as np
 import pytest
+from qwen2vl_rule import expected_size
 from toy_dataset import photo_samples
 
 from genlip_megatron.data.dali_pipeline import ImageItem, build_image_pipeline, run_image_pipeline
-from genlip_megatron.data.image_geometry import ImageGeometry, native_size
+from genlip_megatron.data.image_geometry import ImageGeometry, smart_resize
 from genlip_megatron.data.reference_decode import reference_process
 
 MEAN_LEVELS, MAX_LEVELS = 0.5, 12.0
@@ -41,10 +42,12 @@ def test_dali_cpu_matches_reference_at_224_with_random_resized_crops():
         _assert_close(out, reference_process(item.encoded, item.window, item.size))
 
 
-EXTREME = [(427, 640), (40, 30), (2000, 60), (60, 2000), (16, 1500), (900, 900), (33, 17)]
+EXTREME = [(427, 640), (40, 30), (2000, 60), (60, 2000), (16, 1500), (900, 900), (33, 17), (480, 640),
+           (1000, 700), (8, 1600)]
 
 
 def test_dali_cpu_matches_reference_at_native_sizes_within_bounds():
+    """Both decoders resize to smart_resize's sizes, which are the hand-written rule's."""
     samples = photo_samples(EXTREME)
     geometry = ImageGeometry(patch_size=16, native_resolution=True, min_pixels=64 * 64, max_pixels=512 * 512)
     items = [ImageItem(s.image, (0.0, 0.0, 1.0, 1.0), geometry.output_size(s.height, s.width, (0, 0, 1, 1)))
@@ -52,20 +55,26 @@ def test_dali_cpu_matches_reference_at_native_sizes_within_bounds():
     outs = _through_dali(items, pad_to_batch=True)  # variable sizes: padded in the graph, cut back here
     for item, s, out in zip(items, samples, outs):
         h, w = out.shape[1:]
-        assert (h, w) == item.size and h % 16 == 0 and w % 16 == 0
+        assert (h, w) == item.size == expected_size(s.height, s.width) and h % 16 == 0 and w % 16 == 0
         assert 64 * 64 <= h * w <= 512 * 512
         if max(s.height / s.width, s.width / s.height) < 8:  # not clamped: aspect ratio kept
             assert abs(np.log((h / w) / (s.height / s.width))) < 0.25
         _assert_close(out, reference_process(item.encoded, item.window, item.size))
 
 
-def test_native_size_respects_multiples_and_pixel_bounds_for_any_aspect_ratio():
+def test_smart_resize_gives_patch_multiples_within_the_pixel_bounds_up_to_aspect_ratio_200():
     rng = np.random.default_rng(0)
-    shapes = [(1, 100_000), (100_000, 1), (1, 1), (5000, 5000)] + [
+    shapes = [(1, 200), (200, 1), (1, 1), (5000, 5000), (2, 401)] + [
         tuple(int(v) for v in np.exp(rng.uniform(0, np.log(50_000), 2))) for _ in range(5000)]
-    for patch, lo, hi in [(16, 64 * 64, 512 * 512), (4, 16 * 16, 28 * 28), (14, 14 * 14 * 4, 14 * 14 * 256)]:
+    # GenLIP's bounds and Qwen2-VL's defaults (the rule can leave tight bounds such as 16^2..28^2 at
+    # extreme aspect ratios: it rounds up to reach min_pixels; the packer then sees the real size).
+    for patch, lo, hi in [(16, 64 * 64, 512 * 512), (14, 56 * 56, 28 * 28 * 1280), (4, 8 * 8, 256 * 256)]:
         for h, w in shapes:
-            th, tw = native_size(h, w, patch, lo, hi)
+            if max(h, w) > 200 * min(h, w):
+                with pytest.raises(ValueError, match="aspect ratio"):
+                    smart_resize(h, w, patch, lo, hi)
+                continue
+            th, tw = smart_resize(h, w, patch, lo, hi)
             assert th % patch == 0 and tw % patch == 0 and th >= patch and tw >= patch, (h, w, th, tw)
             assert lo <= th * tw <= hi, (h, w, th, tw, patch)
 
