@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from qwen2vl_rule import expected_size
 from toy_dataset import ListDataset, ToySample, encode_jpeg
 
@@ -86,3 +87,36 @@ def test_the_loader_skips_a_refused_image_and_names_the_sample(caplog):
     samples = int(batch.segment_ids.max()) + 1  # the plan runs over epochs: good samples only
     h, w = expected_size(48, 64)  # 64 x 80: below 64^2, so scaled up
     assert samples > 5 and int(batch.is_image.sum()) == samples * (h // 16) * (w // 16)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_batch_of_the_tiny_preset_agrees_between_dali_and_the_reference_path(stage):
+    """Stage 1 squashes every photo to 28 x 28; stage 2 resizes each by smart_resize (patch 4,
+    16^2..48^2 pixels). Same tokens, positions, masks and labels; pixels within the tolerance of
+    tests/data/test_dali_pipeline.py (mean < 0.5, max < 12 grey levels)."""
+    from toy_dataset import photo_samples
+
+    from genlip_megatron.config.load import load_config
+
+    native = ["data.native_resolution=true", "data.min_pixels=256", "data.max_pixels=2304"] if stage == 2 else []
+    cfg = load_config("tiny_cpu", native)
+    d, patch = cfg.data, cfg.model.patch_size
+    geometry = ImageGeometry(patch_size=patch, image_size=d.image_size, native_resolution=d.native_resolution,
+                             min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+    samples = photo_samples([(56, 84), (40, 30), (100, 60), (60, 100), (20, 120), (90, 90), (33, 17), (48, 64)])
+    batches = {}
+    for decoder in ("dali", "reference"):
+        loader = PackedLoader(ListDataset(samples, [len(samples)]), geometry, TextLayout((1,), (2,)), d.seq_length,
+                              2, 2, 0, 1, seed=0, decoder=decoder, num_workers=1)
+        batches[decoder] = next(iter(loader))
+    dali, ref = batches["dali"], batches["reference"]
+    for key in ("tokens", "is_image", "position_ids", "segment_ids", "labels", "loss_mask"):
+        assert torch.equal(getattr(dali, key), getattr(ref, key)), key
+    diff = (dali.image_patches - ref.image_patches).abs() * 127.5
+    assert diff.mean() < 0.5 and diff.max() < 12, (diff.mean(), diff.max())
+    rule = {expected_size(s.height, s.width, patch, d.min_pixels, d.max_pixels) for s in samples}
+    for b in range(2):
+        for seg in range(int(dali.segment_ids[b].max()) + 1):
+            image = dali.is_image[b] & (dali.segment_ids[b] == seg)
+            grid = tuple(int(dali.position_ids[axis, b][image].max()) + 1 for axis in (1, 2))
+            assert grid == (7, 7) if stage == 1 else (grid[0] * patch, grid[1] * patch) in rule, grid
