@@ -30,6 +30,7 @@ from genlip_megatron.checkpoint import run_dir as layout
 from genlip_megatron.checkpoint.run_dir import CheckpointError
 from genlip_megatron.checkpoint.safe_load import load_common
 from genlip_megatron.checkpoint.safe_strategies import load_strategies
+from genlip_megatron.checkpoint.writer_queue import install_writer_queue
 from genlip_megatron.config.load import config_to_dict
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def write_checkpoint(path: str, state: dict, cfg, *, async_queue=None, on_comple
     With `async_queue` (megatron AsyncCallsQueue) the tensor writes run in the background and the
     completion runs when the queue finalises the request on every rank.
     """
+    install_writer_queue()  # its server process must not outlive a killed rank
     if dist.get_rank() == 0:
         os.makedirs(path, exist_ok=True)
     dist.barrier()  # dist_checkpointing needs the folder to exist on every rank
