@@ -9,8 +9,12 @@ Both run on concatenated token streams described by cumulative lengths (cu_seqle
 linear in the sequence length. `tests/model/test_varlen_attention.py` proves the decomposition
 equals the dense mask (`genlip_megatron.hf.masks.prefix_lm_mask`).
 
-The kernel is the only device-specific part: torch's flash-attention `varlen_attn` on CUDA
-(bf16/fp16), and on CPU a per-segment scaled_dot_product_attention loop (the reference kernel).
+On CUDA the two run as torch's flash-attention `varlen_attn` (bf16/fp16). On CPU, where no varlen
+kernel exists, `prefix_lm_block_attention` lays the K samples out as a padded [K, L_max] batch (L_max =
+the longest sample, not the pack) and runs ONE dense SDPA call over it with each sample's small
+prefix-LM block mask: the work is K x L_max^2 instead of the pack's S^2, at dense-kernel speed
+and without a Python loop. `varlen_attention_reference` (one SDPA per segment) is the CPU stand-in
+of the CUDA kernel, so tests run the GPU decomposition on CPU.
 """
 
 from __future__ import annotations
@@ -86,17 +90,67 @@ def varlen_attention_cuda(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> to
                        window_size=(-1, 0) if causal else (-1, -1))
 
 
+def sample_blocks(spans: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The padded per-sample layout of a pack of `num_tokens` flattened tokens.
+
+    Args:
+        spans: int64 [K, 3] from `prefix_lm_spans`.
+    Returns:
+        gather int64 [K * L]: the flat token at slot j of sample i (row i * L + j), or num_tokens (a
+            zero row appended to the stream) at padding slots;
+        scatter int64 [num_tokens]: the slot of every token, or K * L (a zero row) for tokens of no
+            sample (pack padding);
+        allowed bool [K, 1, L, L]: query slot may see key slot (the sample's image keys, and text keys
+            causally; padding slots are seen by nobody).
+    Both directions are gathers (index_select): their backward is an index_add, not a scatter.
+    """
+    starts, text_starts, ends = spans.unbind(1)
+    lengths = ends - starts
+    blocks = len(spans)
+    slots = torch.arange(int(lengths.max()) if blocks else 0, device=spans.device)
+    width = len(slots)
+    valid = slots[None, :] < lengths[:, None]
+    gather = torch.where(valid, starts[:, None] + slots[None, :], num_tokens).reshape(-1)
+    scatter = torch.full((num_tokens,), blocks * width, dtype=torch.long, device=spans.device)
+    scatter[gather[valid.reshape(-1)]] = torch.arange(blocks * width, device=spans.device)[valid.reshape(-1)]
+    image_key = slots[None, None, :] < (text_starts - starts)[:, None, None]  # [K, 1, L]
+    causal = slots[None, :, None] >= slots[None, None, :]  # [1, L, L]
+    # A padding query (past the sample's end) still sees the sample's keys: no empty softmax row.
+    allowed = (image_key | causal) & valid[:, None, :]
+    return gather, scatter, allowed.unsqueeze(1)
+
+
+def prefix_lm_block_attention(q, k, v, spans, scale: float) -> torch.Tensor:
+    """Prefix-LM attention of flattened tokens as one SDPA call over the padded samples (CPU path).
+
+    Args and result as `prefix_lm_varlen_attention`.
+    """
+    tokens, heads, dim = q.shape
+    gather, scatter, allowed = sample_blocks(spans, tokens)
+    blocks, width = allowed.shape[0], allowed.shape[-1]
+    zero = q.new_zeros(1, heads, dim)
+    q, k, v = (torch.cat([t, zero]).index_select(0, gather).view(blocks, width, heads, dim).transpose(1, 2)
+               for t in (q, k, v))  # [K, h, L, d]
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    o = torch.cat([o.transpose(1, 2).reshape(blocks * width, heads, dim), zero])
+    return o.index_select(0, scatter)
+
+
 def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> torch.Tensor:
     """Prefix-LM attention of flattened tokens.
 
     Args:
         q, k, v: [T, h, d] with T = B * S (flattened packed micro-batch).
         spans: int64 [K, 3] from `prefix_lm_spans`.
+        kernel: the varlen kernel of the two-attention decomposition; None picks flash attention on
+            CUDA and, on CPU, the batched block path (`prefix_lm_block_attention`) instead.
     Returns:
         [T, h, d]; zero at padding positions (nothing reads them and they carry no loss).
     """
     if kernel is None:
-        kernel = varlen_attention_cuda if q.is_cuda else varlen_attention_reference
+        if not q.is_cuda:
+            return prefix_lm_block_attention(q, k, v, spans, scale)
+        kernel = varlen_attention_cuda
     starts, text_starts, ends = spans.unbind(1)
     image_idx = _ranges(starts, text_starts)
     text_idx = _ranges(text_starts, ends)

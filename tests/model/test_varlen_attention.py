@@ -1,12 +1,23 @@
-"""The fused prefix-LM path (two mask-free varlen attentions) equals the dense S x S mask."""
+"""The fused prefix-LM path equals the dense S x S mask: the CPU block path (one SDPA over padded
+samples) and the GPU decomposition (two varlen attentions, run here with the CPU reference kernel)."""
 
 import math
+from functools import partial
 
+import pytest
 import torch
 from packed_batch import packed_batch
 
 from genlip_megatron.hf.masks import prefix_lm_allowed
-from genlip_megatron.model.varlen_attention import prefix_lm_spans, prefix_lm_varlen_attention
+from genlip_megatron.model.varlen_attention import (
+    prefix_lm_spans,
+    prefix_lm_varlen_attention,
+    sample_blocks,
+    varlen_attention_reference,
+)
+
+PATHS = {"cpu_blocks": prefix_lm_varlen_attention,
+         "varlen_decomposition": partial(prefix_lm_varlen_attention, kernel=varlen_attention_reference)}
 
 ROWS = [[(3, 4, 9), (2, 3, 8), (1, 1, 2)], [(4, 4, 12), (3, 3, 7)], [(2, 2, 3)]]
 SEQ = 48
@@ -28,7 +39,8 @@ def test_spans_locate_every_sample_and_its_first_text_token():
     assert spans == expected
 
 
-def test_varlen_decomposition_equals_dense_mask_on_every_real_token():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fused_path_equals_dense_mask_on_every_real_token(path):
     b = _batch()
     heads, dim = 3, 8
     g = torch.Generator().manual_seed(1)
@@ -37,7 +49,7 @@ def test_varlen_decomposition_equals_dense_mask_on_every_real_token():
     dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     flat = [t.permute(0, 2, 1, 3).reshape(-1, heads, dim) for t in (q, k, v)]
     spans = prefix_lm_spans(b["segment_ids"], b["is_image"])
-    fused = prefix_lm_varlen_attention(*flat, spans, 1.0 / math.sqrt(dim))
+    fused = PATHS[path](*flat, spans, 1.0 / math.sqrt(dim))
     fused = fused.reshape(len(ROWS), SEQ, heads, dim).permute(0, 2, 1, 3)
     real = (b["segment_ids"] >= 0)[:, None, :, None].expand_as(dense)
     assert (fused - dense)[real].abs().max() < 1e-6
@@ -45,7 +57,8 @@ def test_varlen_decomposition_equals_dense_mask_on_every_real_token():
     assert fused[~real].abs().max() == 0
 
 
-def test_varlen_gradients_equal_dense_mask_gradients():
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fused_path_gradients_equal_dense_mask_gradients(path):
     b = _batch()
     heads, dim = 2, 4
     g = torch.Generator().manual_seed(2)
@@ -58,7 +71,26 @@ def test_varlen_gradients_equal_dense_mask_gradients():
     fused_in = [t.clone().requires_grad_() for t in base]
     flat = [t.permute(0, 2, 1, 3).reshape(-1, heads, dim) for t in fused_in]
     spans = prefix_lm_spans(b["segment_ids"], b["is_image"])
-    fused = prefix_lm_varlen_attention(*flat, spans, 1.0 / math.sqrt(dim))
+    fused = PATHS[path](*flat, spans, 1.0 / math.sqrt(dim))
     fused.reshape(len(ROWS), SEQ, heads, dim).permute(0, 2, 1, 3).square().sum().backward()
     for d, f in zip(dense_in, fused_in):
         assert (d.grad * real - f.grad * real).abs().max() < 1e-5
+
+
+def test_sample_blocks_pad_to_the_longest_sample_with_a_prefix_lm_block_mask():
+    b = _batch()
+    tokens = len(ROWS) * SEQ
+    gather, scatter, allowed = sample_blocks(prefix_lm_spans(b["segment_ids"], b["is_image"]), tokens)
+    width = 4 * 4 + 12  # the longest sample
+    assert allowed.shape == (6, 1, width, width)
+    rows = gather.reshape(6, width)
+    assert ((rows < tokens).sum(1)).tolist() == [21, 14, 3, 28, 16, 7]
+    # sample 2 of row 0: one image token, then 2 text tokens at flat positions 35, 36, 37
+    assert rows[2, :3].tolist() == [35, 36, 37] and (rows[2, 3:] == tokens).all()
+    assert scatter[35:38].tolist() == [2 * width, 2 * width + 1, 2 * width + 2]
+    assert (scatter[38:SEQ] == 6 * width).all()  # pack padding of row 0 reads the zero row
+    assert allowed[2, 0, :3, :3].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    # sample 0 (12 image tokens): image queries see all image keys and no text key
+    assert allowed[0, 0, :12, :12].all() and not allowed[0, 0, :12, 12:].any()
+    padding_keys = (rows == tokens)[:, None, :].expand(-1, width, -1)
+    assert not allowed[:, 0][padding_keys].any()  # nobody sees padding slots
