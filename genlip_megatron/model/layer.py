@@ -6,12 +6,14 @@
 megatron-core has neither LayerScale nor DropPath, but every residual branch of its layer ends in a
 "bias-dropout-add" callable. We replace those two callables with ones that add the branch bias, scale
 per channel, drop the branch per sequence and add the residual, so attention, MLP, tensor and
-sequence parallelism, recompute and the TE/local choice all stay megatron-core's own.
+sequence parallelism, recompute and the TE/local choice all stay megatron-core's own. Without
+dropout (GenLIP has none) the branch is one kernel compiled by megatron-core's `jit_fuser`.
 """
 
 from __future__ import annotations
 
 import torch
+from megatron.core.jit import jit_fuser
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 
@@ -60,6 +62,21 @@ def drop_path(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
     return x * mask / keep
 
 
+@jit_fuser
+def _scaled_residual(x: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, keep: torch.Tensor,
+                     residual: torch.Tensor) -> torch.Tensor:
+    """residual + (x + bias) * scale * keep in one pass; keep: [1, B, 1] DropPath factors (or 1)."""
+    return residual + ((x + bias) * scale * keep).to(residual.dtype)
+
+
+def _keep_factors(x: torch.Tensor, prob: float, training: bool) -> torch.Tensor:
+    """DropPath as a multiplier: [1, B, 1] of 0 or 1/keep (see `drop_path`), or a scalar 1."""
+    if prob <= 0.0 or not training:
+        return x.new_ones(())
+    keep = 1.0 - prob
+    return torch.empty((1, x.shape[1], 1), dtype=x.dtype, device=x.device).bernoulli_(keep) / keep
+
+
 class GenLIPTransformerLayer(TransformerLayer):
     """TransformerLayer whose two residual branches pass through LayerScale and DropPath."""
 
@@ -84,6 +101,10 @@ class GenLIPTransformerLayer(TransformerLayer):
         def make(training: bool, fused: bool):
             def scaled_residual(x_with_bias, residual, dropout_prob):
                 x, bias = x_with_bias
+                if dropout_prob == 0.0 or not training:
+                    keep = _keep_factors(x, self.drop_path_rate, training)
+                    return _scaled_residual(x, bias if bias is not None else x.new_zeros(()),
+                                            scale.lambda1, keep, residual)
                 if bias is not None:
                     x = x + bias
                 x = torch.nn.functional.dropout(x, p=dropout_prob, training=training)

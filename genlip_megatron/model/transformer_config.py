@@ -3,7 +3,9 @@
 The architecture switches that make megatron-core's layer a GenLIP layer live here: LayerNorm
 (eps 1e-6), biases on every linear, SwiGLU (`gated_linear_unit` + silu), the attention output gate,
 no dropout, per-token loss accounting. Fusions that need apex/TE kernels are switched off; they are
-re-enabled by the TE spec where TE provides them.
+re-enabled by the TE spec where TE provides them. Fusions megatron-core compiles itself (`jit_fuser`,
+torch.compile: bias + SwiGLU) are on for every device, and RoPE runs through our fused kernel
+(model/rope_kernel.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from genlip_megatron.config.schema import Config, head_dim
+from genlip_megatron.model import rope_kernel
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
@@ -24,6 +27,7 @@ def genlip_transformer_config(cfg: Config) -> TransformerConfig:
                  "full": {"recompute_granularity": "full", "recompute_method": "uniform",
                           "recompute_num_layers": m.recompute_num_layers}}[m.recompute]
     fp8 = {"fp8": "hybrid", "fp8_recipe": "delayed"} if t.precision == "fp8" else {}
+    rope_kernel.install()  # before TransformerConfig checks that a fused RoPE kernel exists
     return TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -40,10 +44,10 @@ def genlip_transformer_config(cfg: Config) -> TransformerConfig:
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=m.init_method_std,
-        bias_activation_fusion=False,
+        bias_activation_fusion=True,  # megatron's compiled bias + SwiGLU (one pass, no apex/TE)
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
-        apply_rope_fusion=False,
+        apply_rope_fusion=True,  # model/rope_kernel.py
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         cross_entropy_loss_fusion=False,

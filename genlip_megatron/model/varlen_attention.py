@@ -96,23 +96,24 @@ def sample_blocks(spans: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, t
     Args:
         spans: int64 [K, 3] from `prefix_lm_spans`.
     Returns:
-        gather int64 [K * L]: the flat token at slot j of sample i (row i * L + j), or num_tokens (a
-            zero row appended to the stream) at padding slots;
-        scatter int64 [num_tokens]: the slot of every token, or K * L (a zero row) for tokens of no
-            sample (pack padding);
+        gather int64 [K * L]: the flat token at slot j of sample i (row i * L + j); padding slots
+            repeat the sample's first token (nobody attends to them, their outputs are dropped);
+        scatter int64 [num_tokens]: the slot holding every token; tokens of no sample (pack padding)
+            read slot 0 (their output is never used: no loss, nobody attends to them);
         allowed bool [K, 1, L, L]: query slot may see key slot (the sample's image keys, and text keys
             causally; padding slots are seen by nobody).
-    Both directions are gathers (index_select): their backward is an index_add, not a scatter.
+    Both directions are gathers (index_select): their backward is an index_add, not a scatter, and
+    nothing is copied besides the gathered tensors.
     """
     starts, text_starts, ends = spans.unbind(1)
     lengths = ends - starts
     blocks = len(spans)
     slots = torch.arange(int(lengths.max()) if blocks else 0, device=spans.device)
-    width = len(slots)
     valid = slots[None, :] < lengths[:, None]
-    gather = torch.where(valid, starts[:, None] + slots[None, :], num_tokens).reshape(-1)
-    scatter = torch.full((num_tokens,), blocks * width, dtype=torch.long, device=spans.device)
-    scatter[gather[valid.reshape(-1)]] = torch.arange(blocks * width, device=spans.device)[valid.reshape(-1)]
+    gather = torch.where(valid, starts[:, None] + slots[None, :], starts[:, None]).reshape(-1)
+    scatter = torch.zeros(num_tokens, dtype=torch.long, device=spans.device)
+    flat_valid = valid.reshape(-1)
+    scatter[gather[flat_valid]] = torch.arange(blocks * len(slots), device=spans.device)[flat_valid]
     image_key = slots[None, None, :] < (text_starts - starts)[:, None, None]  # [K, 1, L]
     causal = slots[None, :, None] >= slots[None, None, :]  # [1, L, L]
     # A padding query (past the sample's end) still sees the sample's keys: no empty softmax row.
@@ -123,17 +124,15 @@ def sample_blocks(spans: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, t
 def prefix_lm_block_attention(q, k, v, spans, scale: float) -> torch.Tensor:
     """Prefix-LM attention of flattened tokens as one SDPA call over the padded samples (CPU path).
 
-    Args and result as `prefix_lm_varlen_attention`.
+    Args and result as `prefix_lm_varlen_attention`, except that pack padding positions (tokens of no
+    sample) hold an arbitrary finite value instead of zero.
     """
     tokens, heads, dim = q.shape
     gather, scatter, allowed = sample_blocks(spans, tokens)
     blocks, width = allowed.shape[0], allowed.shape[-1]
-    zero = q.new_zeros(1, heads, dim)
-    q, k, v = (torch.cat([t, zero]).index_select(0, gather).view(blocks, width, heads, dim).transpose(1, 2)
-               for t in (q, k, v))  # [K, h, L, d]
+    q, k, v = (t.index_select(0, gather).view(blocks, width, heads, dim).transpose(1, 2) for t in (q, k, v))
     o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
-    o = torch.cat([o.transpose(1, 2).reshape(blocks * width, heads, dim), zero])
-    return o.index_select(0, scatter)
+    return o.transpose(1, 2).reshape(blocks * width, heads, dim).index_select(0, scatter)
 
 
 def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> torch.Tensor:
@@ -145,7 +144,8 @@ def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> tor
         kernel: the varlen kernel of the two-attention decomposition; None picks flash attention on
             CUDA and, on CPU, the batched block path (`prefix_lm_block_attention`) instead.
     Returns:
-        [T, h, d]; zero at padding positions (nothing reads them and they carry no loss).
+        [T, h, d]; at pack padding positions zero (varlen kernels) or an arbitrary finite value (CPU
+        block path): nothing reads them and they carry no loss.
     """
     if kernel is None:
         if not q.is_cuda:

@@ -53,8 +53,10 @@ def test_fused_path_equals_dense_mask_on_every_real_token(path):
     fused = fused.reshape(len(ROWS), SEQ, heads, dim).permute(0, 2, 1, 3)
     real = (b["segment_ids"] >= 0)[:, None, :, None].expand_as(dense)
     assert (fused - dense)[real].abs().max() < 1e-6
-    # Padding rows are zero in the fused path: nothing attends to them and they carry no loss.
-    assert fused[~real].abs().max() == 0
+    # Padding rows: nothing attends to them and they carry no loss; the varlen kernels leave them zero.
+    assert torch.isfinite(fused).all()
+    if path == "varlen_decomposition":
+        assert fused[~real].abs().max() == 0
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -72,7 +74,8 @@ def test_fused_path_gradients_equal_dense_mask_gradients(path):
     flat = [t.permute(0, 2, 1, 3).reshape(-1, heads, dim) for t in fused_in]
     spans = prefix_lm_spans(b["segment_ids"], b["is_image"])
     fused = PATHS[path](*flat, spans, 1.0 / math.sqrt(dim))
-    fused.reshape(len(ROWS), SEQ, heads, dim).permute(0, 2, 1, 3).square().sum().backward()
+    # Padding outputs carry no loss in the model (loss_mask 0, nobody attends to them): same here.
+    (fused.reshape(len(ROWS), SEQ, heads, dim).permute(0, 2, 1, 3) * real).square().sum().backward()
     for d, f in zip(dense_in, fused_in):
         assert (d.grad * real - f.grad * real).abs().max() < 1e-5
 
@@ -84,13 +87,17 @@ def test_sample_blocks_pad_to_the_longest_sample_with_a_prefix_lm_block_mask():
     width = 4 * 4 + 12  # the longest sample
     assert allowed.shape == (6, 1, width, width)
     rows = gather.reshape(6, width)
-    assert ((rows < tokens).sum(1)).tolist() == [21, 14, 3, 28, 16, 7]
+    lengths = [21, 14, 3, 28, 16, 7]
+    padding_slots = torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None]
     # sample 2 of row 0: one image token, then 2 text tokens at flat positions 35, 36, 37
-    assert rows[2, :3].tolist() == [35, 36, 37] and (rows[2, 3:] == tokens).all()
+    assert rows[2, :3].tolist() == [35, 36, 37] and (rows[2, 3:] == 35).all()
     assert scatter[35:38].tolist() == [2 * width, 2 * width + 1, 2 * width + 2]
-    assert (scatter[38:SEQ] == 6 * width).all()  # pack padding of row 0 reads the zero row
+    assert (scatter[38:SEQ] == 0).all()  # pack padding of row 0 reads slot 0
     assert allowed[2, 0, :3, :3].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     # sample 0 (12 image tokens): image queries see all image keys and no text key
     assert allowed[0, 0, :12, :12].all() and not allowed[0, 0, :12, 12:].any()
-    padding_keys = (rows == tokens)[:, None, :].expand(-1, width, -1)
-    assert not allowed[:, 0][padding_keys].any()  # nobody sees padding slots
+    assert not allowed[:, 0][padding_slots[:, None, :].expand(-1, width, -1)].any()  # nobody sees them
+    # every real token is gathered exactly once and scattered back to itself
+    real = rows[~padding_slots]
+    assert sorted(real.tolist()) == sorted(set(real.tolist())) and len(real) == sum(lengths)
+    assert torch.equal(rows.reshape(-1)[scatter[real]], real)
