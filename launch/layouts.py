@@ -42,10 +42,13 @@ def forward_flops_per_sequence(cfg: Config, text_tokens: int) -> float:
     tokens = samples * (n_img + n_txt)
     pairs = samples * (n_img**2 + n_txt * n_img + n_txt * (n_txt + 1) / 2)
     out = 2 * samples * n_img * m.num_channels * m.patch_size**2 * h
+    # proj and the lm_head run on the loss positions only; every text token is counted as one (the
+    # prompt's few tokens carry no loss: an upper bound)
+    loss_tokens = samples * n_txt
     if e != h:
-        out += 2 * samples * n_txt * e * h + 2 * tokens * h * e
+        out += 2 * samples * n_txt * e * h + 2 * loss_tokens * h * e
     out += m.num_layers * (2 * tokens * (5 * h * h + 3 * h * f) + 4 * h * pairs)
-    return out + 2 * tokens * e * v
+    return out + 2 * loss_tokens * e * v
 
 
 def step_flops(cfg: Config, text_tokens: int) -> float:
@@ -101,7 +104,7 @@ def estimate(cfg: Config, layout: Layout, gpus: int, gpu: GPU, a: Assumptions, t
         ring = (d - 1) / d / _bandwidth(t * p * c * d, gpu, a)
         gather = a.param_gather_exposed if not cfg.parallel.overlap_param_gather else a.grad_reduce_exposed
         seconds["data_parallel"] = local * ring * (4 * a.grad_reduce_exposed + e * gather)
-    memory = memory_breakdown(cfg, layout, m, a.reserved_bytes)
+    memory = memory_breakdown(cfg, layout, m, text_tokens, a.reserved_bytes)
     mfu = flops / gpus / sum(seconds.values()) / peak
     return Estimate(layout, m, memory, seconds, mfu)
 

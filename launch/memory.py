@@ -15,7 +15,9 @@ Counted the way our implementation stores things (genlip_megatron/model, trainin
   attention=dense adds the S x S softmax probabilities per head.
 - the last stage's head at its backward peak: the cross-entropy's saved fp32 softmax (turned into
   the logits' gradient in place) plus the gradient through the padding mask and, under bf16, its
-  cast back: 8 bytes per [token, V/t] element in both precisions.
+  cast back: 8 bytes per [row, V/t] element in both precisions. The head runs on the loss positions
+  only (model/lm_head.py): rows = the micro-batch's text share of tokens (every text token counted
+  as a loss position, an upper bound), gathered from all TP ranks under SP.
 - 1F1B pipelining holds min(m, p) micro-batches on the first stage, which carries L/p layers;
   interleaving (VPP v) raises that to L (1 + (p-1)/(p v)) layers' worth (Korthikanti et al. 2022).
 - full recompute keeps only each layer's input (H, split under SP) plus one layer's full set.
@@ -122,7 +124,13 @@ def in_flight_layers(cfg: Config, layout: Layout, micro_batches: int) -> float:
     return layers / p * min(micro_batches, p)
 
 
-def memory_breakdown(cfg: Config, layout: Layout, micro_batches: int,
+def loss_token_share(cfg: Config, text_tokens: float) -> float:
+    """Share of a pack's tokens that carry loss, for samples of `image_tokens(cfg)` image tokens and
+    `text_tokens` text tokens (all counted as loss positions: an upper bound)."""
+    return text_tokens / (image_tokens(cfg) + text_tokens)
+
+
+def memory_breakdown(cfg: Config, layout: Layout, micro_batches: int, text_tokens: float,
                      overhead_bytes: float = 0.0) -> dict[str, float]:
     """Bytes on the most loaded rank, by component. The first stage (embeddings, most in-flight
     micro-batches) is taken; with PP > 1 the lm_head sits on the last stage, and the larger of the
@@ -146,7 +154,8 @@ def memory_breakdown(cfg: Config, layout: Layout, micro_batches: int,
             return layers_held * layer_input + per_layer
         return layers_held * per_layer
 
-    logits = tokens * padded_vocab_size(cfg.model, layout.tp) / layout.tp * LOGIT_BYTES
+    head_rows = tokens * loss_token_share(cfg, text_tokens)
+    logits = head_rows * padded_vocab_size(cfg.model, layout.tp) / layout.tp * LOGIT_BYTES
     held_first = in_flight_layers(cfg, layout, micro_batches)
     if layout.pp == 1:
         stage = {**state((first + last) / layout.tp + body), "activations": activations(held_first),

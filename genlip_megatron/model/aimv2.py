@@ -37,6 +37,7 @@ from genlip_megatron.hf.aimv2_reference import (
 from genlip_megatron.hf.rope import interleaved_mrope_freqs
 from genlip_megatron.model.aimv2_embeddings import AIMv2PatchEmbedding, compact_images
 from genlip_megatron.model.aimv2_specs import aimv2_layer_spec, final_rms_norm_spec
+from genlip_megatron.model.lm_head import full_cross_entropy, loss_position_cross_entropy
 from genlip_megatron.model.vocab_padding import mask_vocab_padding
 
 
@@ -131,10 +132,12 @@ class AIMv2Model(MegatronModule):
         return x
 
     def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None,
-                image_prefix=None):
+                image_prefix=None, loss_mask=None):
         """Returns, on the decoder stage: with labels, float32 [2, B, S] = (per-token text CE,
-        per-position pixel MSE, 0 where no pixel target); without, (logits [S, B, V/tp],
-        pixels [S, B, 3*P*P]). On the encoder stage of PP=2: the decoder stream.
+        per-position pixel MSE, 0 where no pixel target); the text head and its CE run on the
+        loss_mask positions only when loss_mask is given (model/lm_head.py; CE 0 elsewhere), on
+        every position otherwise. Without labels: (logits [S, B, V/tp], pixels [S, B, 3*P*P]).
+        On the encoder stage of PP=2: the decoder stream.
         image_prefix None means full encoder attention (evaluation) and no pixel loss."""
         if image_prefix is None:
             image_prefix = is_image
@@ -150,13 +153,16 @@ class AIMv2Model(MegatronModule):
                                         self.aimv2.rope_theta, self.aimv2.decoder_mrope_section)
         hidden = self.decoder(hidden_states=hidden, attention_mask=~causal_sample_allowed(segment_ids),
                               rotary_pos_emb=freqs.transpose(0, 1).unsqueeze(2).contiguous())
-        logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
-        logits = mask_vocab_padding(logits, self.aimv2.vocab_size, self.vocab_size)
         pixels = self.pixel_head(self._gather_sequence(hidden))  # [S, B, 3*P*P]
+        vocab = dict(real_vocab=self.aimv2.vocab_size, padded_vocab=self.vocab_size)
         if labels is None:
-            return logits, pixels
-        ce = tensor_parallel.vocab_parallel_cross_entropy(
-            logits.float(), labels.clamp(min=0).transpose(0, 1).contiguous()).transpose(0, 1)
+            logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
+            return mask_vocab_padding(logits, **vocab), pixels
+        if loss_mask is not None:
+            ce = loss_position_cross_entropy(hidden, labels, loss_mask, self.output_layer,
+                                             sequence_parallel=self.config.sequence_parallel, **vocab)
+        else:
+            ce = full_cross_entropy(hidden, labels, self.output_layer, **vocab)
         targets, has = next_patch_targets(image_patches, is_image, segment_ids, image_prefix)
         mse = ((pixels.transpose(0, 1).float() - targets) ** 2).mean(-1) * has
         return torch.stack([ce, mse])

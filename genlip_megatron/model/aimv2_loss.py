@@ -87,5 +87,5 @@ def aimv2_forward_step(data_iterator, model):
     device = next(model.parameters()).device
     b = item.batch.to(device)
     output = model(b.tokens, b.image_patches, b.is_image, b.position_ids, b.segment_ids, labels=b.labels,
-                   image_prefix=item.image_prefix.to(device))
+                   image_prefix=item.image_prefix.to(device), loss_mask=b.loss_mask)
     return output, partial(aimv2_loss_func, b.loss_mask, *item.loss_args)

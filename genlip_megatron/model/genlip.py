@@ -9,7 +9,9 @@ Differences from the reference, by design:
 - the patch Conv2d is stored as a Linear [width, 3*P*P] (same numbers; the converter reshapes);
 - the lm_head is vocabulary-parallel and the vocabulary is padded to a multiple of
   make_vocab_size_divisible_by x TP (padding rows never receive a label);
-- DropPath drops a whole packed sequence, not one sample of it (see model/layer.py).
+- DropPath drops a whole packed sequence, not one sample of it (see model/layer.py);
+- in training, proj -> lm_head -> CE run on the loss positions only (model/lm_head.py): the other
+  positions' logits are never computed (the reference computes them and masks their loss).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from megatron.core.transformer.transformer_block import (
 from genlip_megatron.hf.masks import prefix_lm_mask
 from genlip_megatron.hf.rope import interleaved_mrope_freqs
 from genlip_megatron.model.embeddings import GenLIPEmbedding
+from genlip_megatron.model.lm_head import full_cross_entropy, loss_position_cross_entropy
 from genlip_megatron.model.specs import final_norm_spec, genlip_layer_spec
 from genlip_megatron.model.varlen_attention import prefix_lm_spans
 from genlip_megatron.model.vocab_padding import mask_vocab_padding
@@ -99,25 +102,27 @@ class GenLIPModel(MegatronModule):
             return rotary, spans if spans is not None else prefix_lm_spans(segment_ids, is_image)
         return rotary, prefix_lm_mask(segment_ids, is_image)
 
-    def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None, spans=None):
-        """Returns per-token CE [B, S] when labels are given (last stage), logits [S, B, V/tp] on the
-        last stage otherwise, and the hidden stream [S, B, H] on other stages."""
+    def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None, spans=None,
+                loss_mask=None):
+        """On the last stage: with labels and loss_mask, fp32 per-token CE [B, S] computed on the
+        loss positions only (0 elsewhere; model/lm_head.py); with labels alone, the head on every
+        position (CE [B, S]); without labels, the logits [S, B, V/tp]. Other stages return the
+        hidden stream [S, B, H] ([S/tp, B, H] under SP)."""
         rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image, spans)
         hidden = self.embedding(tokens, image_patches, is_image) if self.pre_process else None
         hidden = self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)
         if not self.post_process:
             return hidden
+        vocab = dict(real_vocab=self.genlip.vocab_size, padded_vocab=self.vocab_size, proj=self.proj)
+        if labels is not None and loss_mask is not None:
+            return loss_position_cross_entropy(hidden, labels, loss_mask, self.output_layer,
+                                               sequence_parallel=self.config.sequence_parallel, **vocab)
+        if labels is not None:
+            return full_cross_entropy(hidden, labels, self.output_layer, **vocab)
         if self.proj is not None:
             hidden = self.proj(hidden)
         logits, _ = self.output_layer(hidden)  # [S, B, V/tp]; SP gathers the sequence here
-        logits = mask_vocab_padding(logits, self.genlip.vocab_size, self.vocab_size)
-        if labels is None:
-            return logits
-        # vocab_parallel_cross_entropy needs an in-range label everywhere; -100 positions are
-        # zeroed by the caller's loss_mask.
-        safe = labels.clamp(min=0).transpose(0, 1).contiguous()
-        loss = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), safe)
-        return loss.transpose(0, 1).contiguous()  # [B, S]
+        return mask_vocab_padding(logits, self.genlip.vocab_size, self.vocab_size)
 
     def features(self, tokens, image_patches, is_image, position_ids, segment_ids, spans=None):
         """Trunk features after ln_post, [S, B, H] (single-stage models)."""

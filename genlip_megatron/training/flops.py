@@ -12,16 +12,17 @@ E = text_embed_dim, V = padded vocabulary, L = layers, P = patch size, C = chann
                   + 2 * T * (H*H)                     output projection
                   + 2 * T * (3*H*F)                   SwiGLU: fc1, gate_fc, fc2
                   + 4 * H * pairs                     scores QK^T and probabilities x V
-    proj            2 * T * H * E                     (only when E != H)
-    lm_head         2 * T * E * V
+    proj            2 * N_loss * H * E                (only when E != H)
+    lm_head         2 * N_loss * E * V
 
-T = real (non-padding) tokens, N_img / N_txt their image / text share. `pairs` = query-key pairs the
+T = real (non-padding) tokens, N_img / N_txt their image / text share, N_loss the positions that
+carry loss (caption and end tokens): training runs proj, the head and its cross-entropy on those
+alone (model/lm_head.py). `pairs` = query-key pairs the
 prefix-LM mask allows, per sample: n_img^2 (image->image) + n_txt*n_img (text->image) +
 n_txt*(n_txt+1)/2 (text->earlier text and itself). Padding is not counted: it is wasted work, not
 model work. A step is 3x the forward (backward = 2x forward); recompute is not counted (model FLOPs,
-not hardware FLOPs). Element-wise work (norms, rotary, softmax, sigmoid gate, residuals) is ignored.
-NOTE: our head runs on every position (images included), so the lm_head term uses T; a head gathered
-to loss positions only would do less work and should then count only those.
+not hardware FLOPs). Element-wise work (norms, rotary, softmax, sigmoid gate, residuals) is ignored;
+so are the few rows sequence parallelism pads the head's input with (wasted work, not model work).
 """
 
 from __future__ import annotations
@@ -71,20 +72,22 @@ class TokenCounts:
     text_tokens: int
     attention_pairs: int
     samples: int
+    loss_tokens: int  # positions that carry loss: the rows proj and the lm_head run on
 
     @property
     def tokens(self) -> int:
         return self.image_tokens + self.text_tokens
 
 
-def count_tokens(spans: torch.Tensor) -> TokenCounts:
+def count_tokens(spans: torch.Tensor, loss_mask: torch.Tensor) -> TokenCounts:
     """Counts of a packed micro-batch from its sample spans int64 [K, 3] = (start, text start, end)
-    per sample (PackedBatch.spans); padding belongs to no span."""
+    per sample (PackedBatch.spans; padding belongs to no span) and its loss_mask [B, S]."""
     start, text_start, end = spans.long().unbind(1)
     n_img, n_txt = text_start - start, end - text_start
     pairs = n_img * n_img + n_txt * n_img + n_txt * (n_txt + 1) // 2
     return TokenCounts(image_tokens=int(n_img.sum()), text_tokens=int(n_txt.sum()),
-                       attention_pairs=int(pairs.sum()), samples=int(spans.shape[0]))
+                       attention_pairs=int(pairs.sum()), samples=int(spans.shape[0]),
+                       loss_tokens=int((loss_mask != 0).sum()))
 
 
 def forward_flops(shape: ModelShape, counts: TokenCounts) -> int:
@@ -92,10 +95,10 @@ def forward_flops(shape: ModelShape, counts: TokenCounts) -> int:
     h, f, e, t = shape.hidden, shape.ffn_hidden, shape.text_embed_dim, counts.tokens
     flops = 2 * counts.image_tokens * shape.patch_dim * h
     if e != h:
-        flops += 2 * counts.text_tokens * e * h + 2 * t * h * e  # in_proj, proj
+        flops += 2 * counts.text_tokens * e * h + 2 * counts.loss_tokens * h * e  # in_proj, proj
     per_layer = 2 * t * (4 * h * h) + 2 * t * h * h + 2 * t * 3 * h * f + 4 * h * counts.attention_pairs
     flops += shape.layers * per_layer
-    flops += 2 * t * e * shape.padded_vocab
+    flops += 2 * counts.loss_tokens * e * shape.padded_vocab
     return flops
 
 

@@ -52,7 +52,7 @@ def genlip_forward_step(data_iterator, model):
     """megatron forward_step_func: one GenLIP micro-batch (a PackedBatch) through this model chunk."""
     batch = next(data_iterator).to(next(model.parameters()).device)
     output = model(batch.tokens, batch.image_patches, batch.is_image, batch.position_ids, batch.segment_ids,
-                   labels=batch.labels, spans=batch.spans)
+                   labels=batch.labels, spans=batch.spans, loss_mask=batch.loss_mask)
     return output, partial(_loss_func, batch.loss_mask)
 
 
@@ -97,7 +97,7 @@ def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.de
         for report in reports:
             stats[:2] += report["loss_sum_and_count"].to(device, torch.float64)
         for batch in micro_batches:
-            counts = count_tokens(batch.spans)
+            counts = count_tokens(batch.spans, batch.loss_mask)
             stats[2] += counts.samples
             stats[3] += counts.tokens
             stats[4] += train_step_flops(shape, counts)

@@ -36,7 +36,12 @@ def test_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak():
     cfg = load_config("tiny_cpu", SMALL)
     assert measured["steps"] == 3
     assert measured["params"] == total_params(cfg)  # the count is exact, not estimated
-    estimate = sum(memory_breakdown(cfg, Layout(), micro_batches=1).values())
+    # Synthetic samples (training/batches.py): prompt 2 + caption U[1, longest caption] + end 1.
+    from genlip_megatron.training.batches import SyntheticBatches
+
+    longest = cfg.data.max_caption_tokens or SyntheticBatches.TYPICAL_LONGEST_CAPTION
+    text_tokens = 2 + (1 + longest) / 2 + 1
+    estimate = sum(memory_breakdown(cfg, Layout(), micro_batches=1, text_tokens=text_tokens).values())
     ratio = estimate / measured["peak_bytes"]
     print(f"estimate {estimate / 2**20:.1f} MiB, measured peak {measured['peak_bytes'] / 2**20:.1f} MiB, "
           f"ratio {ratio:.3f}")

@@ -37,18 +37,18 @@ def test_g16_on_1024_h100_has_layouts_that_fit_80_gb(preset):
 
 def test_recompute_and_sequence_parallel_cut_activation_memory():
     cfg = load_config("genlip_g16")
-    plain = memory_breakdown(cfg, Layout(tp=2, dp=512), 1)
-    sp = memory_breakdown(cfg, Layout(tp=2, dp=512, sequence_parallel=True), 1)
-    full = memory_breakdown(cfg, Layout(tp=2, dp=512, sequence_parallel=True, recompute="full"), 1)
+    plain = memory_breakdown(cfg, Layout(tp=2, dp=512), 1, 84)
+    sp = memory_breakdown(cfg, Layout(tp=2, dp=512, sequence_parallel=True), 1, 84)
+    full = memory_breakdown(cfg, Layout(tp=2, dp=512, sequence_parallel=True, recompute="full"), 1, 84)
     assert full["activations"] < sp["activations"] / 10 < plain["activations"] / 10
     assert plain["weights"] == sp["weights"] == full["weights"]
 
 
 def test_distributed_optimizer_shards_optimizer_state_over_dp():
     cfg = load_config("genlip_g16")
-    sharded = memory_breakdown(cfg, Layout(tp=2, dp=512), 1)
+    sharded = memory_breakdown(cfg, Layout(tp=2, dp=512), 1, 84)
     cfg.parallel.use_distributed_optimizer = False
-    whole = memory_breakdown(cfg, Layout(tp=2, dp=512), 1)
+    whole = memory_breakdown(cfg, Layout(tp=2, dp=512), 1, 84)
     assert whole["optimizer"] == pytest.approx(sharded["optimizer"] * 512)
     assert whole["optimizer"] / GIB == pytest.approx(total_params(cfg) / 2 * 12 / GIB, rel=0.01)
 

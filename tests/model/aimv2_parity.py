@@ -109,16 +109,18 @@ def _load(model, state: dict) -> None:
     assert not [k for k in result.missing_keys if not k.endswith("_extra_state")], result
 
 
-def _forward_step(scale, data_iterator, model):
+def _forward_step(scale, head, data_iterator, model):
+    """head "loss_positions" (what training runs) or "full" (the text head on every position)."""
     from genlip_megatron.model.aimv2_loss import aimv2_loss_func
 
     b = next(data_iterator)
     out = model(b["tokens"], b["image_patches"], b["is_image"], b["position_ids"], b["segment_ids"],
-                labels=b["labels"], image_prefix=b["image_prefix"])
+                labels=b["labels"], image_prefix=b["image_prefix"],
+                loss_mask=b["loss_mask"] if head == "loss_positions" else None)
     return out, partial(aimv2_loss_func, b["loss_mask"], scale, 1.0, 0.4)
 
 
-def parallel_loss_and_grads(layout: dict):
+def parallel_loss_and_grads(layout: dict, head: str = "loss_positions"):
     """Run on every rank (harness sets TP/PP). Returns (loss or None, {global name: grad})."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import (
@@ -140,7 +142,7 @@ def parallel_loss_and_grads(layout: dict):
     scale = pixel_scale(local_loss_counts([SimpleNamespace(**b) for b in batches],
                                           [b["image_prefix"] for b in batches]))  # DP = 1: local = global
     reports = get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, scale), data_iterator=iter(batches), model=[ddp],
+        forward_step_func=partial(_forward_step, scale, head), data_iterator=iter(batches), model=[ddp],
         num_microbatches=MICRO_BATCHES, seq_length=SEQ, micro_batch_size=MICRO_BATCH,
         forward_only=False)
     loss = None

@@ -76,14 +76,16 @@ def _loss_func(loss_mask, per_token_loss):
     return total, count, {"lm loss": torch.stack([total.detach(), count.float()])}
 
 
-def _forward_step(data_iterator, model):
+def _forward_step(head, data_iterator, model):
+    """head "loss_positions" (what training runs) or "full" (the head on every position)."""
     b = next(data_iterator)
     out = model(b["tokens"], b["image_patches"], b["is_image"], b["position_ids"],
-                b["segment_ids"], labels=b["labels"])
+                b["segment_ids"], labels=b["labels"],
+                loss_mask=b["loss_mask"] if head == "loss_positions" else None)
     return out, partial(_loss_func, b["loss_mask"])
 
 
-def parallel_loss_and_grads(layout: dict):
+def parallel_loss_and_grads(layout: dict, head: str = "loss_positions"):
     """Run on every rank (harness sets TP/PP/VPP). Returns (loss or None, {global name: grad})."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import (
@@ -123,7 +125,7 @@ def parallel_loss_and_grads(layout: dict):
     tc.finalize_model_grads_func = finalize_model_grads
     batches = micro_batches()
     losses = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=[iter(batches) for _ in chunks],
+        forward_step_func=partial(_forward_step, head), data_iterator=[iter(batches) for _ in chunks],
         model=chunks, num_microbatches=MICRO_BATCHES, seq_length=SEQ,
         micro_batch_size=MICRO_BATCH, forward_only=False)
     loss = None
