@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from data_tools.sources import Unit, plan_units
 from data_tools.unit import BuildSettings, process_unit
-from genlip_megatron.data.input_files import one_line, read_bounded
+from genlip_megatron.data.input_files import InputFileError, one_line, read_bounded
 from genlip_megatron.data.manifest import TOKENIZER_NAME
 from genlip_megatron.data.shards import fsync_dir
 from genlip_megatron.data.tokenizer import MAX_TOKENIZER_BYTES, Tokenizer, file_sha256
@@ -55,10 +55,11 @@ def _claim_plan(plan_path: str, plan: dict) -> None:
 
 def _check_plan(plan_path: str, plan: dict) -> None:
     try:
-        with open(plan_path, encoding="utf-8") as f:
-            previous = json.load(f)
-    except (OSError, ValueError) as exc:
+        previous = json.loads(read_bounded(plan_path, 1 << 30))
+    except (InputFileError, ValueError, RecursionError) as exc:
         raise BuildError(f"{plan_path}: cannot read ({exc}); use a new output directory") from None
+    if not isinstance(previous, dict):
+        raise BuildError(f"{plan_path}: not a build plan; use a new output directory")
     if previous != plan:
         differ = [k for k in sorted(set(plan) | set(previous)) if plan.get(k) != previous.get(k)]
         raise BuildError(

@@ -16,7 +16,7 @@ from collections import Counter
 from data_tools.build import PLAN_NAME, BuildError
 from data_tools.sources import Unit
 from data_tools.unit import report_path, settings_fingerprint
-from genlip_megatron.data.input_files import InputFileError
+from genlip_megatron.data.input_files import InputFileError, read_bounded
 from genlip_megatron.data.manifest import MANIFEST_NAME, TOKENIZER_NAME, Manifest, ShardEntry
 from genlip_megatron.data.shards import ShardError, ShardReader, fsync_dir, verify_shard
 from genlip_megatron.data.tokenizer import file_sha256
@@ -24,10 +24,12 @@ from genlip_megatron.data.tokenizer import file_sha256
 
 def _load_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise BuildError(f"{path}: cannot read ({exc})") from None
+        data = json.loads(read_bounded(path, 1 << 30))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (InputFileError, ValueError, RecursionError) as exc:
+        raise BuildError(f"{path}: cannot read ({str(exc)[:200]})") from None
 
 
 def _max_token_id(reader: ShardReader, report: dict) -> int:

@@ -12,6 +12,7 @@ from genlip_megatron.data.input_files import InputFileError, iter_lines, open_re
 
 _PARQUET_BATCH_ROWS = 256
 MAX_JSONL_LINE_BYTES = 4 << 20  # a longer line is rejected (bad_jsonl_line), skipped unread
+MAX_PARQUET_ROW_GROUP_BYTES = 2 << 30  # pyarrow decodes a row group's columns whole
 
 
 def _image_bytes(value) -> bytes | None:
@@ -41,23 +42,35 @@ def iter_parquet(path: str, settings: SourceSettings) -> Iterator[Item]:
             if settings.image_field not in names:
                 yield Reject(path, "input_error", f"{path}: no image column {settings.image_field!r} in {names}")
                 return
-            for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-                for record in batch.to_pylist():
-                    key = _key_of(record.get(settings.key_field)) or f"{stem}/{row:09d}"
-                    row += 1
-                    if key in seen:
-                        yield Reject(key, "duplicate_key")
-                        continue
-                    seen.add(key)
-                    image = _image_bytes(record.pop(settings.image_field))
-                    if image is None:
-                        yield Reject(key, "missing_image")
-                    elif len(image) > settings.max_member_bytes:
-                        yield Reject(key, "member_too_large", f"{len(image)} bytes")
-                    else:
-                        yield RawSample(key, bytes(image), record)
+            for group in range(parquet.num_row_groups):
+                meta = parquet.metadata.row_group(group)
+                if meta.total_byte_size > MAX_PARQUET_ROW_GROUP_BYTES:  # decoded whole by pyarrow
+                    yield Reject(path, "input_error", f"{path}: row group {group} holds {meta.total_byte_size} "
+                                 f"bytes decoded (> {MAX_PARQUET_ROW_GROUP_BYTES}); its {meta.num_rows} rows skipped")
+                    row += meta.num_rows
+                    continue
+                yield from _parquet_rows(parquet, group, stem, row, seen, settings)
+                row += meta.num_rows
     except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError, ValueError, TypeError, KeyError, ...
-        yield Reject(path, "input_error", f"{path}: unreadable after {row} rows ({type(exc).__name__}: {exc})")
+        yield Reject(path, "input_error", f"{path}: unreadable at or after row {row} ({type(exc).__name__}: {exc})")
+
+
+def _parquet_rows(parquet, group: int, stem: str, row: int, seen: set, settings: SourceSettings) -> Iterator[Item]:
+    for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[group]):
+        for record in batch.to_pylist():
+            key = _key_of(record.get(settings.key_field)) or f"{stem}/{row:09d}"
+            row += 1
+            if key in seen:
+                yield Reject(key, "duplicate_key")
+                continue
+            seen.add(key)
+            image = _image_bytes(record.pop(settings.image_field))
+            if image is None:
+                yield Reject(key, "missing_image")
+            elif len(image) > settings.max_member_bytes:
+                yield Reject(key, "member_too_large", f"{len(image)} bytes")
+            else:
+                yield RawSample(key, bytes(image), record)
 
 
 def _image_path(root: str, relative) -> str:

@@ -85,7 +85,9 @@ def finished_report(out_dir: str, unit: Unit, settings_sha: str, tokenizer_sha: 
     try:
         with open(report_path(out_dir, unit), encoding="utf-8") as f:
             report = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(report, dict):
         return None
     if report.get("settings_sha256") != settings_sha or report.get("tokenizer_sha256") != tokenizer_sha:
         return None

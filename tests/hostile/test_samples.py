@@ -213,3 +213,42 @@ def test_a_reader_failing_mid_file_keeps_the_samples_before_and_names_the_file(t
     assert result["failed"] == [] and result["totals"]["samples"] == 2
     (error,) = report(tmp_path / "out")["errors"]
     assert "in.tar" in error and "MemoryError" in error and "\n" not in error
+
+
+# --- parquet --------------------------------------------------------------------------------------
+
+def test_parquet_rows_are_counted_rejects_and_oversized_row_groups_are_skipped(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from data_harness import tokenizer_file
+
+    from data_tools import table_sources
+    from data_tools.build import run_build
+    from data_tools.captions import CaptionSettings
+    from data_tools.unit import BuildSettings
+
+    rows = [  # (key, image, caption, expected reason)
+        ("ok-1", GOOD, "a red cat", None),
+        ("long", GOOD, "w " * (1 << 20), "caption_too_long"),  # 2 Mi characters before cleaning
+        ("big", GOOD + b"\0" * 70_000, "too big", "member_too_large"),
+        (None, None, "no image", "missing_image"),
+        ("ok-1", GOOD, "duplicate", "duplicate_key"),
+        ("ok-2", GOOD, "a blue dog", None),
+    ]
+    table = pa.table({"key": [r[0] for r in rows], "image": [r[1] for r in rows], "caption": [r[2] for r in rows]})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=3)  # row groups of rows 0-2 and 3-5
+    settings = BuildSettings(source=table_sources.SourceSettings(max_member_bytes=64 << 10),
+                             caption=CaptionSettings(fields=("caption",)))
+    out = tmp_path / "out"
+    run_build([str(tmp_path / "a.parquet")], str(out), tokenizer_file(), settings, "p", progress=False)
+    assert report(out)["rejects"] == Counter(r[3] for r in rows if r[3])
+    assert _keys(out) == ["ok-1", "ok-2"]
+
+    # a row group whose decoded size is above the limit is skipped whole, named, the rest kept
+    first_group = pq.ParquetFile(tmp_path / "a.parquet").metadata.row_group(0).total_byte_size
+    monkeypatch.setattr(table_sources, "MAX_PARQUET_ROW_GROUP_BYTES", first_group - 1)
+    out2 = tmp_path / "out2"
+    run_build([str(tmp_path / "a.parquet")], str(out2), tokenizer_file(), settings, "p", progress=False)
+    (error,) = report(out2)["errors"]
+    assert "a.parquet: row group 0" in error and "3 rows skipped" in error
+    assert _keys(out2) == ["ok-1", "ok-2"]  # from rows 3-5, where ok-1 is no longer a duplicate

@@ -315,3 +315,49 @@ def test_a_unit_built_with_other_settings_is_never_merged_and_a_rerun_repairs_it
     assert rerun["totals"]["skipped"] == 1  # shard-000000 kept; shard-000001 rebuilt
     merge(out, full_verify=True)
     assert genlip("shards", "verify", out).returncode == 0
+
+
+# --- hostile manifests -------------------------------------------------------------------------------
+
+def _manifest_cases(path):
+    """name -> how to spoil ds/manifest.json (given its parsed content)."""
+    def write(obj):
+        os.unlink(path)
+        with open(path, "w") as f:
+            f.write(obj if isinstance(obj, str) else json.dumps(obj))
+
+    def replace_with(make):
+        os.unlink(path)
+        make(path)
+
+    def edit(change):
+        data = json.load(open(path))
+        change(data)
+        write(data)
+
+    return {
+        "nested-100k": lambda: write("[" * 100_000 + "]" * 100_000),
+        "fifo": lambda: replace_with(os.mkfifo),
+        "dev-zero": lambda: replace_with(lambda p: os.symlink("/dev/zero", p)),
+        "truncated": lambda: write(open(path).read()[:50]),
+        "a-list": lambda: write([1, 2]),
+        "shard-outside": lambda: edit(lambda d: d["shards"][0].update(name="../../etc/passwd")),
+        "absolute-tokenizer": lambda: edit(lambda d: d["tokenizer"].update(file="/etc/passwd")),
+        "shards-not-a-list": lambda: edit(lambda d: d.update(shards=7)),
+        "count-a-string": lambda: edit(lambda d: d["shards"][0].update(num_samples="12")),
+        "unknown-key": lambda: edit(lambda d: d["shards"][0].update(evil=1)),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_manifest_cases("x")))
+def test_hostile_manifest_is_refused_in_one_line_by_info_verify_and_open(tmp_path, case):
+    out, _ = _dataset(tmp_path, tars=1)
+    merge(out)
+    _manifest_cases(os.path.join(out, "manifest.json"))[case]()
+    for action in ("info", "verify"):
+        proc = genlip("shards", action, out)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith(f"genlip shards: error: {out}/manifest.json: "), line
+    with pytest.raises(ShardError, match="manifest.json"):
+        open_dataset(out)
