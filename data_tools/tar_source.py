@@ -41,7 +41,7 @@ def _member_limit(settings: SourceSettings) -> Callable[[str], int]:
     nothing of any other member (its name still counts for the sample's grouping)."""
 
     def limit(name: str) -> int:
-        ext = split_member_name(name)[1]
+        ext = name[name.rfind("/") + 1 :].partition(".")[2].lower()  # split_member_name's, cheaply
         if ext in IMAGE_EXTENSIONS:
             return settings.max_member_bytes
         return MAX_CAPTION_MEMBER_BYTES if ext in CAPTION_EXTENSIONS else -1
