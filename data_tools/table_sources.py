@@ -104,12 +104,7 @@ def _jsonl_record(line: bytes | None, where: str, settings: SourceSettings, root
 def iter_jsonl(path: str, start: int, stop: int, settings: SourceSettings) -> Iterator[Item]:
     root = settings.image_root or os.path.dirname(path)
     seen: set[str] = set()
-    try:
-        f = open_regular(path)
-    except InputFileError as exc:
-        yield Reject(path, "input_error", str(exc))
-        return
-    with f:
+    with open_regular(path) as f:  # unreadable: the unit fails (a re-run retries), no sample lost
         for lineno, line in enumerate(iter_lines(f, MAX_JSONL_LINE_BYTES)):
             if lineno < start:
                 continue
@@ -120,6 +115,9 @@ def iter_jsonl(path: str, start: int, stop: int, settings: SourceSettings) -> It
                 key, record, image_path = _jsonl_record(line, where, settings, root)
             except SampleProblem as exc:
                 yield Reject(where, exc.reason, exc.detail)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one line never ends the file
+                yield Reject(where, "unexpected_error", f"{type(exc).__name__}: {exc}")
                 continue
             if key in seen:
                 yield Reject(key, "duplicate_key", where)

@@ -28,7 +28,7 @@ from typing import Iterator
 from data_tools.captions import CaptionReject, CaptionSettings, select_caption
 from data_tools.sources import RawSample, SampleProblem, SourceSettings, Unit, iter_unit
 from genlip_megatron.data.image_codec import ImageReject, ImageSettings, PreparedImage, prepare_image
-from genlip_megatron.data.input_files import one_line
+from genlip_megatron.data.input_files import InputFileError, one_line
 from genlip_megatron.data.shards import ShardError, ShardWriter, fsync_dir, verify_shard
 from genlip_megatron.data.tokenizer import Tokenizer
 
@@ -157,6 +157,8 @@ def _process_unit(unit: Unit, out_dir: str, tokenizer_path: str, settings: Build
                 item = next(items)
             except StopIteration:
                 break
+            except (OSError, InputFileError):
+                raise  # the file system, not the input's bytes: fail the unit, a re-run retries it
             except Exception as exc:  # noqa: BLE001 - a reader bug on hostile bytes ends the file, not the unit
                 errors.append(one_line(f"{unit.path}: reading stopped after {len(writer)} samples "
                                        f"({type(exc).__name__}: {exc})"))

@@ -82,7 +82,10 @@ def read_bounded(path: str, limit: int) -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise InputFileError(path, "too_large", f"{size} bytes > limit {limit}")
-        data = f.read(limit + 1)  # st_size can lie (procfs, a file growing while read): stop anyway
+        try:
+            data = f.read(limit + 1)  # st_size can lie (procfs, a file growing while read): stop anyway
+        except OSError as exc:
+            raise InputFileError(path, "unreadable", f"cannot read ({exc.strerror or exc})") from None
     if len(data) > limit:
         raise InputFileError(path, "too_large", f"more than {limit} bytes")
     return data
