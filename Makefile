@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.setup-done
 APT_PKGS := dataset-fashion-mnist
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup slurm test test-fast demo bench lint clean
+.PHONY: setup slurm test test-fast demo bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/model_step.py
+
+# On ONE GPU, under 8 minutes: every GPU path against its reference, and L/16 / g/16 throughput
+# (docs/gpu_check.md). Writes bench/results/gpu_check-<gpu>-<date>.json (commit it).
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py
 
 lint: setup
 	$(BIN)/ruff check genlip_megatron data_tools launch tests bench

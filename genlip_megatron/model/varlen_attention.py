@@ -19,6 +19,8 @@ of the CUDA kernel, so tests run the GPU decomposition on CPU.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import torch
@@ -80,8 +82,31 @@ def varlen_attention_reference(q, k, v, cu_q, cu_k, causal: bool, scale: float) 
     return out
 
 
+# torch's varlen_attn took `scale` (softmax scale) and `window_size` (causal as (-1, 0)) in 2.11;
+# before, it had neither (2.9, 2.10: is_causal only, default scale). The Dockerfile's base ships it.
+VARLEN_MIN_TORCH = "2.11"
+
+
+@functools.cache
+def varlen_api_problem() -> str | None:
+    """Why this torch cannot run the fused path's CUDA kernel, in one line; None when it can."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return (f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn: "
+                f"model.attention=fused on CUDA needs torch >= {VARLEN_MIN_TORCH}")
+    missing = [p for p in ("scale", "window_size") if p not in inspect.signature(varlen_attn).parameters]
+    if missing:
+        return (f"torch {torch.__version__}'s varlen_attn takes no {' or '.join(missing)}: "
+                f"model.attention=fused on CUDA needs torch >= {VARLEN_MIN_TORCH}")
+    return None
+
+
 def varlen_attention_cuda(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> torch.Tensor:
     """GPU kernel: flash-attention varlen; window (-1, 0) is causal, bottom-right aligned."""
+    problem = varlen_api_problem()
+    if problem:
+        raise RuntimeError(problem)
     from torch.nn.attention.varlen import varlen_attn
 
     max_q = int((cu_q[1:] - cu_q[:-1]).max())

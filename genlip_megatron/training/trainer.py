@@ -48,6 +48,7 @@ class TrainOutcome:
     seconds: dict = field(default_factory=dict)  # phase -> total wall seconds on this rank
     step_seconds: list = field(default_factory=list)  # per step: phase -> wall seconds (benchmarks)
     step_work: list = field(default_factory=list)  # per step: (samples, tokens) of the global batch
+    step_flops: list = field(default_factory=list)  # per step: model FLOPs of the global batch
     message: str = ""
 
 
@@ -114,6 +115,7 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             seconds.update(result.seconds)
             outcome.step_seconds.append(seconds)
             outcome.step_work.append((result.samples, result.tokens))
+            outcome.step_flops.append(result.flops)
             iteration += 1
             counters["skipped_steps"] += int(result.skipped)
             counters["consumed_samples"] += result.samples
