@@ -170,17 +170,19 @@ class GenLIPModel(GenLIPPreTrainedModel, GenLIPGenerationMixin):
         logits = self.lm_head(self.proj(hidden))
         return {"logits": logits, "hidden_states": hidden, "trunk": trunk}
 
-    def loss_packed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token CE over loss_mask positions, and their count (the trainer divides)."""
+    def loss_packed(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token CE over loss_mask positions, and their count (the trainer divides).
+        `batch`: a dict of the docs/batch.md tensors or an object holding them as attributes (the
+        training side's PackedBatch; duck-typed, since this file imports nothing of the project)."""
+        get = batch.__getitem__ if isinstance(batch, dict) else lambda name: getattr(batch, name)
         out = self.forward_packed(
-            batch["tokens"], batch["image_patches"], batch["is_image"], batch["position_ids"],
-            batch["segment_ids"],
+            get("tokens"), get("image_patches"), get("is_image"), get("position_ids"), get("segment_ids"),
         )
         logits = out["logits"].float()
         ce = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=-100, reduction="none"
+            logits.reshape(-1, logits.shape[-1]), get("labels").reshape(-1), ignore_index=-100, reduction="none"
         )
-        mask = batch["loss_mask"].reshape(-1).float()
+        mask = get("loss_mask").reshape(-1).float()
         return (ce * mask).sum(), mask.sum()
 
     # ---- HF path ---------------------------------------------------------------------------------
