@@ -12,7 +12,10 @@
 A checkpoint folder is complete only once `latest` names it: the marker is written by rank 0 after
 every rank finished writing, as a temporary file that is fsynced and then renamed over the old
 marker, so a crash at any instant leaves `latest` naming the old or the new checkpoint, never a
-partial one. Every checkpoint folder carries the run's resolved config as `config.yaml`.
+partial one. Every checkpoint folder carries the run's resolved config as `config.yaml`, written
+after every rank's files and before the marker: when the marker is lost or names a folder that is
+gone or partial (a copy, a hand edit, a file system that lost the rename), `latest_checkpoint`
+falls back, with a warning, to the newest folder beside it that has its config and data files.
 
 Training (checkpoint/sharded.py), conversion and evaluation (checkpoint/reader.py) all find
 checkpoints and their configs through `resolve_checkpoint` and `read_run_config`.
@@ -21,6 +24,7 @@ Plain functions on paths; no process groups, no torch.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -37,7 +41,10 @@ TENSORBOARD_DIR = "tensorboard"
 SLURM_DIR = "slurm"
 # Written by megatron-core's dist_checkpointing into every checkpoint folder (not our name to choose).
 DIST_METADATA_FILE = "metadata.json"
+# Files megatron-core writes into every torch_dist checkpoint (besides the __*.distcp data files).
+DIST_FILES = (DIST_METADATA_FILE, ".metadata", "common.pt")
 _ITER_DIR = re.compile(r"^iter_(\d{7,})$")
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(InputError):
@@ -122,13 +129,52 @@ def is_checkpoint_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, DIST_METADATA_FILE))
 
 
+def is_complete(folder: str) -> bool:
+    """Whether every rank finished writing `folder` (its config is written after all of them)."""
+    return all(os.path.isfile(os.path.join(folder, name)) for name in (*DIST_FILES, CONFIG_FILE))
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete checkpoint of `run_dir`: the one `latest` names when it is complete, else
+    (with a warning) the newest complete iter_* folder beside it. None when the run has none yet;
+    CheckpointError when `latest` names one but no complete checkpoint is left."""
+    marker = os.path.join(run_dir, LATEST)
+    try:
+        named = read_latest(run_dir)
+        problem = None if named is None or is_complete(named) else (
+            f"names {os.path.basename(named)}, which is " + ("incomplete" if os.path.isdir(named) else "missing"))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        named, problem = None, f"is unreadable ({exc})"
+    if named is not None and problem is None:
+        return named
+    complete = [i for i in checkpoint_iterations(run_dir) if is_complete(checkpoint_path(run_dir, i))]
+    if not complete:
+        if problem is None:
+            return None
+        raise CheckpointError(f"{marker} {problem}, and no complete checkpoint is beside it")
+    chosen = checkpoint_path(run_dir, complete[-1])
+    log.warning("%s %s; using %s, the newest complete checkpoint beside it", marker,
+                problem or "is missing", os.path.basename(chosen))
+    return chosen
+
+
+def check_writable(run_dir: str) -> None:
+    """Create `run_dir` if needed and prove a file can be written there; OSError (one line at the
+    command line: read-only, no permission, full) before any training time is spent."""
+    os.makedirs(run_dir, exist_ok=True)
+    probe = os.path.join(run_dir, f".write-test.{os.getpid()}")
+    with open(probe, "w") as f:
+        f.write("ok\n")
+    os.remove(probe)
+
+
 def resolve_checkpoint(path: str) -> str:
-    """A run directory (follow `latest`) or a checkpoint folder -> the checkpoint folder.
+    """A run directory (its latest complete checkpoint) or a checkpoint folder -> the checkpoint folder.
 
     Raises CheckpointError (one line) when `path` is neither.
     """
-    if has_checkpoint(path):
-        path = read_latest(path)
+    if has_checkpoint(path) or checkpoint_iterations(path):
+        path = latest_checkpoint(path) or path
     if not is_checkpoint_folder(path):
         raise CheckpointError(f"{path}: not a megatron distributed checkpoint (no {DIST_METADATA_FILE}) "
                               f"nor a run directory with a `{LATEST}` marker")

@@ -27,6 +27,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from genlip_megatron.checkpoint import run_dir as layout
+from genlip_megatron.checkpoint import save_guard
 from genlip_megatron.checkpoint.run_dir import CheckpointError
 from genlip_megatron.checkpoint.safe_load import load_common
 from genlip_megatron.checkpoint.safe_strategies import load_strategies
@@ -129,9 +130,10 @@ def write_checkpoint(path: str, state: dict, cfg, *, async_queue=None, on_comple
                 on_complete()
 
     if async_queue is None:
-        dist_checkpointing.save(state, path)
-        dist.barrier()  # every rank's shards are on disk before the folder is declared complete
-        finish()
+        with save_guard.save_errors(path):  # a full disk or read-only folder: one line, folder removed
+            dist_checkpointing.save(state, path)
+            dist.barrier()  # every rank's shards are on disk before the folder is declared complete
+            finish()
         dist.barrier()  # no rank races ahead (e.g. to exit) before the completion exists
     else:
         request = dist_checkpointing.save(state, path, async_sharded_save=True)
@@ -148,6 +150,12 @@ def save_checkpoint(run_dir: str, iteration: int, modules, batch_source, counter
     path = layout.checkpoint_path(run_dir, iteration)
     if dist.get_rank() == 0 and os.path.exists(path):  # left by a save that never completed
         shutil.rmtree(path)
+    try:
+        previous = layout.read_latest(run_dir)
+    except ValueError:
+        previous = None
+    needed = save_guard.estimated_bytes(modules.model, parallel_state.get_data_parallel_world_size(), previous)
+    save_guard.check_free_space(run_dir, path, needed, next(modules.model[0].parameters()).device)
     state = _sharded_state(modules, is_loading=False, optimizer=True, rng=True)
     state.update(common_state(cfg, iteration, counters=dict(counters), scheduler=modules.scheduler.state_dict(),
                               data=batch_source.state_dict()))

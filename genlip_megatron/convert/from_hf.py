@@ -20,55 +20,20 @@ set, and TE does not build on CPU).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 
 import torch
-from safetensors import safe_open
 
 from genlip_megatron.checkpoint.reader import ConversionError
 from genlip_megatron.checkpoint.run_dir import is_checkpoint_folder
 from genlip_megatron.config.load import load_config
 from genlip_megatron.config.schema import Config, padded_vocab_size
 from genlip_megatron.config.validate import validate
+from genlip_megatron.convert.hf_reader import iter_tensors, read_hf_config
 from genlip_megatron.convert.mcore_names import hf_to_mcore
 from genlip_megatron.convert.output_folder import staged_output
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def read_hf_config(folder: str) -> GenLIPConfig:
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        raise ConversionError(f"{folder}: no config.json (not a Hugging Face model folder)")
-    with open(path, encoding="utf-8") as f:
-        raw = json.load(f)
-    if raw.get("model_type") != "genlip":
-        raise ConversionError(f"{folder}: model_type {raw.get('model_type')!r}, expected 'genlip'")
-    try:
-        return GenLIPConfig.from_dict(raw)
-    except ValueError as exc:
-        raise ConversionError(f"{folder}: {exc}") from None
-
-
-def weight_files(folder: str) -> list[str]:
-    """The safetensors files (index or single file). Pickled weights are refused: loading them runs code."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        pickled = [n for n in os.listdir(folder) if n.endswith(PICKLE_SUFFIXES)]
-        raise ConversionError(f"{folder}: no safetensors weights" + (
-            f" (found pickled {pickled}: convert them to safetensors first)" if pickled else ""))
-    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        raise ConversionError(f"{folder}: missing weight shards {missing}")
-    return files
 
 
 def read_hf_weights(folder: str, config: GenLIPConfig) -> dict[str, torch.Tensor]:
@@ -77,11 +42,7 @@ def read_hf_weights(folder: str, config: GenLIPConfig) -> dict[str, torch.Tensor
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GenLIPModel(config).state_dict().items()}
-    tensors = {}
-    for name in weight_files(folder):
-        with safe_open(os.path.join(folder, name), framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+    tensors = dict(iter_tensors(folder))
     unknown = sorted(set(tensors) - set(expected))
     missing = sorted(set(expected) - set(tensors))
     if unknown or missing:

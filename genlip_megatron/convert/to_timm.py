@@ -17,7 +17,6 @@ import json
 import os
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from genlip_megatron.checkpoint.reader import ConversionError
@@ -28,15 +27,10 @@ TIMM_CONFIG = "timm_config.json"
 
 
 def _trunk_from_hf_folder(folder: str):
-    from genlip_megatron.convert.from_hf import read_hf_config, weight_files
+    from genlip_megatron.convert.hf_reader import iter_tensors, read_hf_config
 
     config = read_hf_config(folder)
-    tensors = {}
-    for name in weight_files(folder):
-        with safe_open(os.path.join(folder, name), framework="pt") as f:
-            for key in f.keys():
-                if not key.startswith(TEXT_ONLY_PREFIXES):
-                    tensors[key] = f.get_tensor(key)
+    tensors = dict(iter_tensors(folder, keep=lambda key: not key.startswith(TEXT_ONLY_PREFIXES)))
     return config, tensors
 
 

@@ -69,7 +69,10 @@ def load_model(path: str) -> GenLIPModel:
     """An HF GenLIP folder (config.json + weights), or a training run directory / checkpoint folder
     (megatron dist_checkpointing). Returned in eval mode, fp32."""
     if os.path.isfile(os.path.join(path, "config.json")):
-        return GenLIPModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+        from genlip_megatron.convert.hf_reader import check_hf_folder
+
+        check_hf_folder(path)  # one line for a broken config.json or weight file; pickled weights refused
+        return GenLIPModel.from_pretrained(path, torch_dtype=torch.float32, use_safetensors=True).eval()
     return load_checkpoint_model(path)[0]
 
 

@@ -19,21 +19,19 @@ END_TEXT_KEY = "caption_end_text"  # likewise: the run's data.end_text
 
 
 def _hf_folder_defaults(path: str) -> dict:
+    from genlip_megatron.convert.hf_reader import read_hf_config
+
+    config = read_hf_config(path)  # a broken config.json is refused here, in one line naming it
     out: dict = {"tokenizer": folder_tokenizer_file(path), "why_no_tokenizer": f"{path} holds no tokenizer.json"}
     try:
         with open(os.path.join(path, "preprocessor_config.json"), encoding="utf-8") as f:
             size = json.load(f).get("size", {})
         out["image_size"] = size.get("height") or size.get("shortest_edge")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # optional: the arguments can say it
         pass
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-        for key, name in ((PROMPT_KEY, "prompt"), (END_TEXT_KEY, "end_text")):
-            if isinstance(config.get(key), str):
-                out[name] = config[key]
-    except (OSError, ValueError):
-        pass
+    for key, name in ((PROMPT_KEY, "prompt"), (END_TEXT_KEY, "end_text")):
+        if isinstance(getattr(config, key, None), str):
+            out[name] = getattr(config, key)
     return out
 
 

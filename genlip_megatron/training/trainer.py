@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from genlip_megatron.checkpoint.run_dir import read_latest, save_now_path
+from genlip_megatron.checkpoint.run_dir import check_writable, latest_checkpoint, read_latest, save_now_path
 from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
 from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import check
@@ -53,8 +53,9 @@ class TrainOutcome:
 
 
 def _resume_path(cfg) -> tuple[str | None, bool]:
-    """(checkpoint to load, weights only?): this run's own `latest` wins over checkpoint.load."""
-    own = read_latest(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+    """(checkpoint to load, weights only?): this run's own latest complete checkpoint wins over
+    checkpoint.load (run_dir.latest_checkpoint falls back past a missing or partial one)."""
+    own = latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
     if own:
         return own, False
     return (cfg.checkpoint.load or None), cfg.checkpoint.finetune
@@ -74,6 +75,8 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
     device = device_lib.current_device()
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
+    if cfg.checkpoint.dir:  # a read-only or missing run folder fails now, not at the first save
+        check_writable(cfg.checkpoint.dir)
     source = batch_source or build_batch_source(cfg, dp_rank, dp_size)
     modules = build_training_modules(cfg)
     shape = ModelShape.from_config(cfg.model, modules.padded_vocab)

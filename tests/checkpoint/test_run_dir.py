@@ -59,6 +59,8 @@ def test_resolve_follows_the_marker_and_accepts_a_checkpoint_folder(tmp_path):
     (tmp_path / "iter_0000007" / "metadata.json").write_text("{}")
     assert resolve_checkpoint(folder) == folder
     assert not is_checkpoint(run_dir)  # no marker yet
+    for name in (".metadata", "common.pt", "config.yaml"):  # complete: every rank's files are there
+        (tmp_path / "iter_0000007" / name).touch()
     write_latest(run_dir, 7)
     assert resolve_checkpoint(run_dir) == folder and is_checkpoint(run_dir)
 

@@ -252,6 +252,8 @@ def common_missing(folder: str, marker) -> str:
     return "common.pt"
 
 
+# A folder missing one of these is incomplete: resume and conversion of the RUN fall back past it.
+INCOMPLETE = [metadata_missing, common_missing]
 PAYLOADS = [payload_in_metadata, payload_in_distcp_object, payload_in_common]
 NEIGHBOURS = [
     payload_inside_genuine_metadata, payload_in_distcp_tensor, metadata_truncated, metadata_garbage,
