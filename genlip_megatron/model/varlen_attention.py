@@ -13,7 +13,8 @@ On CUDA the two run as torch's flash-attention `varlen_attn` (bf16/fp16). On CPU
 kernel exists, `prefix_lm_block_attention` lays the K samples out as a padded [K, L_max] batch (L_max =
 the longest sample, not the pack) and runs ONE dense SDPA call over it with each sample's small
 prefix-LM block mask: the work is K x L_max^2 instead of the pack's S^2, at dense-kernel speed
-and without a Python loop. `varlen_attention_reference` (one SDPA per segment) is the CPU stand-in
+and without a Python loop over samples. Samples of very different lengths go to separate batches
+(length buckets by powers of two), so one long sample does not pad every short one to its length. `varlen_attention_reference` (one SDPA per segment) is the CPU stand-in
 of the CUDA kernel, so tests run the GPU decomposition on CPU.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from dataclasses import dataclass
 
 import torch
 from megatron.core.transformer.module import MegatronModule
@@ -115,49 +117,70 @@ def varlen_attention_cuda(q, k, v, cu_q, cu_k, causal: bool, scale: float) -> to
                        window_size=(-1, 0) if causal else (-1, -1))
 
 
-def sample_blocks(spans: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The padded per-sample layout of a pack of `num_tokens` flattened tokens.
+@dataclass(frozen=True)
+class SampleBlocks:
+    """The samples of a pack as padded dense batches, one per length bucket (CPU attention layout).
 
-    Args:
-        spans: int64 [K, 3] from `prefix_lm_spans`.
-    Returns:
-        gather int64 [K * L]: the flat token at slot j of sample i (row i * L + j); padding slots
-            repeat the sample's first token (nobody attends to them, their outputs are dropped);
-        scatter int64 [num_tokens]: the slot holding every token; tokens of no sample (pack padding)
-            read slot 0 (their output is never used: no loss, nobody attends to them);
-        allowed bool [K, 1, L, L]: query slot may see key slot (the sample's image keys, and text keys
-            causally; padding slots are seen by nobody).
-    Both directions are gathers (index_select): their backward is an index_add, not a scatter, and
-    nothing is copied besides the gathered tensors.
+    Samples are bucketed by ceil(log2(length)), so a bucket pads its samples to at most twice their
+    length; a pack of similar samples (the usual case) is ONE bucket. Bucket g holds K_g samples as
+    rows of L_g slots (L_g = its longest sample).
+
+    gathers[g]: int64 [K_g * L_g], the flat token at slot j of row i (i * L_g + j); padding slots
+        repeat the sample's first token (nobody attends to them; their outputs are dropped).
+    allowed[g]: bool [K_g, 1, L_g, L_g], query slot may see key slot: the sample's image keys, and its
+        text keys causally; padding slots are seen by nobody. A padding query still sees the sample's
+        keys, so no softmax row is empty.
+    scatter: int64 [num_tokens], each token's slot in the concatenation of all buckets' slots; tokens
+        of no sample (pack padding) read slot 0 (their output is never used: no loss, nobody reads it).
+    Both directions are gathers (index_select): their backward is an index_add, not a scatter.
     """
+
+    gathers: tuple
+    allowed: tuple
+    scatter: torch.Tensor
+
+
+def sample_blocks(spans: torch.Tensor, num_tokens: int) -> SampleBlocks:
+    """The padded per-sample layout of a pack of `num_tokens` flattened tokens (spans: [K, 3])."""
     starts, text_starts, ends = spans.unbind(1)
     lengths = ends - starts
-    blocks = len(spans)
-    slots = torch.arange(int(lengths.max()) if blocks else 0, device=spans.device)
-    valid = slots[None, :] < lengths[:, None]
-    gather = torch.where(valid, starts[:, None] + slots[None, :], starts[:, None]).reshape(-1)
-    scatter = torch.zeros(num_tokens, dtype=torch.long, device=spans.device)
-    flat_valid = valid.reshape(-1)
-    scatter[gather[flat_valid]] = torch.arange(blocks * len(slots), device=spans.device)[flat_valid]
-    image_key = slots[None, None, :] < (text_starts - starts)[:, None, None]  # [K, 1, L]
-    causal = slots[None, :, None] >= slots[None, None, :]  # [1, L, L]
-    # A padding query (past the sample's end) still sees the sample's keys: no empty softmax row.
-    allowed = (image_key | causal) & valid[:, None, :]
-    return gather, scatter, allowed.unsqueeze(1)
+    device = spans.device
+    scatter = torch.zeros(num_tokens, dtype=torch.long, device=device)
+    buckets = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
+    gathers, allowed, offset = [], [], 0
+    for bucket in torch.unique(buckets).tolist():
+        rows = torch.nonzero(buckets == bucket).squeeze(1)
+        start, length, images = starts[rows], lengths[rows], (text_starts - starts)[rows]
+        slots = torch.arange(int(length.max()), device=device)
+        valid = slots[None, :] < length[:, None]
+        gather = torch.where(valid, start[:, None] + slots[None, :], start[:, None]).reshape(-1)
+        flat_valid = valid.reshape(-1)
+        scatter[gather[flat_valid]] = offset + torch.arange(len(gather), device=device)[flat_valid]
+        image_key = slots[None, None, :] < images[:, None, None]  # [K_g, 1, L_g]
+        causal = slots[None, :, None] >= slots[None, None, :]  # [1, L_g, L_g]
+        gathers.append(gather)
+        allowed.append(((image_key | causal) & valid[:, None, :]).unsqueeze(1))
+        offset += len(gather)
+    return SampleBlocks(tuple(gathers), tuple(allowed), scatter)
 
 
 def prefix_lm_block_attention(q, k, v, spans, scale: float) -> torch.Tensor:
-    """Prefix-LM attention of flattened tokens as one SDPA call over the padded samples (CPU path).
+    """Prefix-LM attention of flattened tokens as one SDPA call per length bucket of padded samples
+    (the CPU path; one call for a pack of similar samples).
 
     Args and result as `prefix_lm_varlen_attention`, except that pack padding positions (tokens of no
     sample) hold an arbitrary finite value instead of zero.
     """
     tokens, heads, dim = q.shape
-    gather, scatter, allowed = sample_blocks(spans, tokens)
-    blocks, width = allowed.shape[0], allowed.shape[-1]
-    q, k, v = (t.index_select(0, gather).view(blocks, width, heads, dim).transpose(1, 2) for t in (q, k, v))
-    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
-    return o.transpose(1, 2).reshape(blocks * width, heads, dim).index_select(0, scatter)
+    layout = sample_blocks(spans, tokens)
+    outputs = []
+    for gather, allowed in zip(layout.gathers, layout.allowed):
+        rows, width = allowed.shape[0], allowed.shape[-1]
+        qg, kg, vg = (t.index_select(0, gather).view(rows, width, heads, dim).transpose(1, 2) for t in (q, k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=allowed, scale=scale)
+        outputs.append(o.transpose(1, 2).reshape(rows * width, heads, dim))
+    flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return flat.index_select(0, layout.scatter)
 
 
 def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> torch.Tensor:

@@ -83,21 +83,24 @@ def test_fused_path_gradients_equal_dense_mask_gradients(path):
 def test_sample_blocks_pad_to_the_longest_sample_with_a_prefix_lm_block_mask():
     b = _batch()
     tokens = len(ROWS) * SEQ
-    gather, scatter, allowed = sample_blocks(prefix_lm_spans(b["segment_ids"], b["is_image"]), tokens)
-    width = 4 * 4 + 12  # the longest sample
-    assert allowed.shape == (6, 1, width, width)
-    rows = gather.reshape(6, width)
-    lengths = [21, 14, 3, 28, 16, 7]
-    padding_slots = torch.arange(width)[None, :] >= torch.tensor(lengths)[:, None]
+    layout = sample_blocks(prefix_lm_spans(b["segment_ids"], b["is_image"]), tokens)
+    # lengths 21, 14, 3, 28, 16, 7 fall in the buckets (16, 32], (8, 16], (2, 4], (16, 32], (8, 16], (4, 8]
+    widths = [a.shape[-1] for a in layout.allowed]
+    assert widths == [3, 7, 16, 28] and [a.shape[0] for a in layout.allowed] == [1, 1, 2, 2]
+    small, _, mid, large = (g.reshape(a.shape[0], -1) for g, a in zip(layout.gathers, layout.allowed))
     # sample 2 of row 0: one image token, then 2 text tokens at flat positions 35, 36, 37
-    assert rows[2, :3].tolist() == [35, 36, 37] and (rows[2, 3:] == 35).all()
-    assert scatter[35:38].tolist() == [2 * width, 2 * width + 1, 2 * width + 2]
-    assert (scatter[38:SEQ] == 0).all()  # pack padding of row 0 reads slot 0
-    assert allowed[2, 0, :3, :3].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert small.tolist() == [[35, 36, 37]]
+    assert layout.allowed[0][0, 0].int().tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert mid[0, :14].tolist() == list(range(21, 35)) and (mid[0, 14:] == 21).all()  # padding: the start
+    assert mid[1].tolist() == list(range(SEQ + 28, SEQ + 44))
     # sample 0 (12 image tokens): image queries see all image keys and no text key
-    assert allowed[0, 0, :12, :12].all() and not allowed[0, 0, :12, 12:].any()
-    assert not allowed[:, 0][padding_slots[:, None, :].expand(-1, width, -1)].any()  # nobody sees them
+    allowed = layout.allowed[3][0, 0]
+    assert allowed[:12, :12].all() and not allowed[:12, 12:].any()
+    assert not layout.allowed[3][0, 0, :, 21:].any()  # 21 tokens of 28 slots: nobody sees padding
     # every real token is gathered exactly once and scattered back to itself
-    real = rows[~padding_slots]
-    assert sorted(real.tolist()) == sorted(set(real.tolist())) and len(real) == sum(lengths)
-    assert torch.equal(rows.reshape(-1)[scatter[real]], real)
+    flat = torch.cat(layout.gathers)
+    real = torch.cat([(torch.arange(a.shape[-1])[None] < lengths[:, None]).reshape(-1) for a, lengths in zip(
+        layout.allowed, (torch.tensor([3]), torch.tensor([7]), torch.tensor([14, 16]), torch.tensor([21, 28])))])
+    assert sorted(flat[real].tolist()) == sorted(set(flat[real].tolist())) and int(real.sum()) == 89
+    assert torch.equal(flat[layout.scatter[flat[real]]], flat[real])
+    assert (layout.scatter[38:SEQ] == 0).all()  # pack padding of row 0 reads slot 0
