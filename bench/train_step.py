@@ -1,14 +1,22 @@
-"""Training throughput of the tiny preset on CPU: one process, and two data-parallel processes (gloo).
+"""Training samples/s of `genlip train tiny_cpu` against a plain PyTorch loop, interleaved in one run.
 
-    .venv/bin/python bench/train_step.py [--steps 20] [--warmup 3]
+    .venv/bin/python bench/train_step.py [--manifest M] [--rounds 8] [--steps 10] [--threads 2]
 
-Runs the real trainer (genlip_megatron/training/trainer.py) on SyntheticBatches with the tiny_cpu
-preset (width 128, 4 layers, global batch 8 packed sequences of 512 tokens), no checkpoints, metrics
-to a temporary TensorBoard folder. Reports steps/s, samples/s (image-caption pairs) and tokens/s over
-the measured steps (after `--warmup`), and the share of rank 0's step time spent in the loader,
-forward/backward (megatron schedule incl. grad reduce), optimizer (grad norm, clip, AdamW, lr) and
-logging (the per-step stats all-reduce + metric sinks). Each process gets cores/world torch threads.
-Prints a table; writes bench/results/train_step.json with machine, commit and settings.
+A (ours): the real trainer (training/trainer.py run_training: the shard loader with DALI, megatron-core
+DDP + distributed optimizer + schedules, metrics) on the tiny_cpu preset, one rank, gloo, CPU.
+B (plain): eval/reference_training.py - the Hugging Face reference model of the same size
+(genlip_megatron/hf: the exported GenLIP) trained by a plain loop: batches of 64 unpacked samples (one
+per row, text right-padded), torch AdamW, grad clipping, the same lr schedule. B reads the SAME
+shards, in the same global sample order, decoded up front (so B pays no loader: the strongest
+baseline).
+
+Both run as long-lived child processes with `--threads` torch threads each and take turns: a round is
+`--steps` optimizer steps of one of them while the other waits, rounds alternate A B B A A B ..., so
+machine noise hits both alike. Per round: wall and process CPU seconds and samples. The first round
+of each is warm-up and dropped. Reported: samples/s (median over rounds) by wall clock and by CPU time
+(CPU time is far less sensitive to other load on a shared machine), the ratio ours / plain, the load
+average around every round. Data: `genlip demo`'s Fashion-MNIST shards (built into data_cache/ when
+--manifest is not given; needs Debian's dataset-fashion-mnist). Writes bench/results/train_step.json.
 """
 
 from __future__ import annotations
@@ -16,80 +24,183 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import report
+from common import report  # noqa: E402
 
 PRESET = "tiny_cpu"
-PHASES = {"loader": ("loader",), "forward_backward": ("forward_backward",), "optimizer": ("optimizer",),
-          "logging": ("reduce_stats", "logging")}
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _rank_main(rank: int, world: int, port: int, overrides: list[str], threads: int, results) -> None:
+class _Clock:
+    """Wall and CPU seconds and samples of one round."""
+
+    def __init__(self):
+        self.wall, self.cpu, self.samples = time.perf_counter(), time.process_time(), 0
+
+    def result(self) -> dict:
+        return {"wall_s": time.perf_counter() - self.wall, "cpu_s": time.process_time() - self.cpu,
+                "samples": self.samples}
+
+
+class _GatedSource:
+    """Wraps the trainer's batch source: every `steps` optimizer steps, report the round and wait."""
+
+    def __init__(self, source, conn, steps: int, micro_per_step: int):
+        self.source, self.conn, self.steps, self.micro_per_step = source, conn, steps, micro_per_step
+        self.pulled, self.clock = 0, None
+
+    def next(self) -> dict:
+        if self.pulled % (self.steps * self.micro_per_step) == 0:
+            if self.clock is not None:
+                self.conn.send(self.clock.result())
+            if self.conn.recv() == "stop":
+                raise SystemExit(0)
+            self.clock = _Clock()
+        batch = self.source.next()
+        self.pulled += 1
+        self.clock.samples += batch.num_samples
+        return batch
+
+    def state_dict(self) -> dict:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state)
+
+
+def ours(conn, manifest: str, overrides: list[str], threads: int, steps: int, rounds: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     from genlip_megatron.config.load import load_config
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
+    from genlip_megatron.training.batches import build_batch_source
     from genlip_megatron.training.trainer import run_training
 
-    cfg = load_config(PRESET, overrides)
-    init_distributed(rank, world, "127.0.0.1", port, device="cpu", seed=cfg.train.seed)
-    try:
-        outcome = run_training(cfg)
-    finally:
-        destroy_distributed()
-    if rank == 0:
-        results.put((outcome.step_seconds, outcome.step_work))
-
-
-def measure(world: int, steps: int, warmup: int, log_dir: str) -> dict:
-    threads = max(1, (os.cpu_count() or 1) // world)
-    overrides = ["train.synthetic_data=true", "checkpoint.dir=", f"logging.tensorboard_dir={log_dir}",
-                 f"schedule.train_iters={warmup + steps}", "logging.log_interval=1000000",
-                 "logging.progress_bar=false"]
+    log_dir = tempfile.mkdtemp()
+    cfg = load_config(PRESET, [f"data.manifest={manifest}", "checkpoint.dir=", f"logging.tensorboard_dir={log_dir}",
+                               f"schedule.train_iters={steps * rounds + 1}", "logging.log_interval=1000000",
+                               "logging.progress_bar=false", *overrides])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, overrides, threads, results))
-             for r in range(world)]
-    for proc in procs:
-        proc.start()
-    step_seconds, step_work = results.get(timeout=1800)
-    for proc in procs:
-        proc.join()
-    measured = step_seconds[warmup:]
-    totals = {phase: sum(sum(step.get(k, 0.0) for k in keys) for step in measured)
-              for phase, keys in PHASES.items()}
-    wall = sum(totals.values())
-    samples = sum(s for s, _ in step_work[warmup:])
-    tokens = sum(t for _, t in step_work[warmup:])
-    row = {"processes": world, "threads_per_process": threads, "steps_per_s": len(measured) / wall,
-           "samples_per_s": samples / wall, "tokens_per_s": tokens / wall}
-    row.update({f"{phase}_%": 100 * value / wall for phase, value in totals.items()})
-    return row
+    init_distributed(0, 1, "127.0.0.1", port, device="cpu", seed=cfg.train.seed)
+    micro = cfg.train.global_batch_size // cfg.train.micro_batch_size
+    conn.send({"ready": True, "config": {"seq_length": cfg.data.seq_length,
+                                         "global_batch_size": cfg.train.global_batch_size,
+                                         "micro_batch_size": cfg.train.micro_batch_size,
+                                         "attention": cfg.model.attention}})
+    try:
+        run_training(cfg, batch_source=_GatedSource(build_batch_source(cfg, 0, 1), conn, steps, micro))
+    except SystemExit:
+        pass
+    finally:
+        destroy_distributed()
+
+
+def plain(conn, manifest: str, threads: int, steps: int, rounds: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from genlip_megatron.config.load import load_config
+    from genlip_megatron.eval.reference_training import BATCH_SIZE, ReferenceTrainer, reference_batches
+
+    cfg = load_config(PRESET, [f"data.manifest={manifest}", f"schedule.train_iters={steps * rounds}"])
+    batches = list(reference_batches(cfg, BATCH_SIZE * steps * rounds))
+    trainer = ReferenceTrainer(cfg)
+    conn.send({"ready": True})
+    while conn.recv() != "stop":
+        clock = _Clock()
+        for _ in range(steps):
+            batch = batches[trainer.steps % len(batches)]
+            trainer.step(batch)
+            clock.samples += len(batch["input_ids"])
+        conn.send(clock.result())
+
+
+def _manifest(path: str | None) -> str:
+    if path:
+        return path
+    cached = REPO / "data_cache" / "fashion_mnist" / "shards" / "manifest.json"
+    if not cached.exists():
+        from genlip_megatron.commands import demo
+
+        parser = argparse.ArgumentParser()
+        demo.add_arguments(parser)
+        demo.build_data(str(cached.parents[1]), parser.parse_args(["--out", str(cached.parents[1])]))
+    return str(cached)
+
+
+def _median_rate(rows: list[dict], key: str) -> float:
+    return statistics.median(r["samples"] / r[key] for r in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--manifest", help="shards manifest.json (default: the demo's, built in data_cache/)")
+    parser.add_argument("--rounds", type=int, default=8, help="measured rounds of each loop (+1 warm-up)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="config overrides for ours, e.g. model.attention=dense")
     args = parser.parse_args()
-    load_before = os.getloadavg()[0]  # other work on the machine skews every number below
-    with tempfile.TemporaryDirectory() as log_dir:
-        rows = [measure(world, args.steps, args.warmup, os.path.join(log_dir, str(world))) for world in (1, 2)]
-    report("train_step", rows, {"preset": PRESET, "steps": args.steps, "warmup": args.warmup,
-                                "data": "SyntheticBatches", "layout": "TP1 PP1, DP = processes",
-                                "note": "shares are of rank 0's measured step time",
-                                "load_average_1min_before": load_before})
+    manifest = _manifest(args.manifest)
+    rounds = args.rounds + 1
+    ctx = mp.get_context("spawn")
+    pipes = {name: ctx.Pipe() for name in ("ours", "plain")}
+    children = {
+        "ours": ctx.Process(target=ours, args=(pipes["ours"][1], manifest, args.overrides, args.threads,
+                                               args.steps, rounds)),
+        "plain": ctx.Process(target=plain, args=(pipes["plain"][1], manifest, args.threads, args.steps, rounds)),
+    }
+    for child in children.values():
+        child.start()
+    ready = {name: pipes[name][0].recv() for name in children}
+    load_before = os.getloadavg()
+    rows: dict[str, list[dict]] = {"ours": [], "plain": []}
+    for r in range(rounds):
+        for name in (("ours", "plain") if r % 2 == 0 else ("plain", "ours")):
+            load = os.getloadavg()[0]
+            pipes[name][0].send("go")
+            result = pipes[name][0].recv()
+            result["load_1min"] = load
+            rows[name].append(result)
+            print(f"round {r} {name:5s}: {result['samples'] / result['wall_s']:7.1f} samples/s wall, "
+                  f"{result['samples'] / result['cpu_s']:7.1f} per CPU-s, load {load:.1f}", flush=True)
+    for name in children:
+        pipes[name][0].send("stop")
+    for child in children.values():
+        child.join(timeout=120)
+    measured = {name: rows[name][1:] for name in rows}  # round 0 warms up
+    table = []
+    from genlip_megatron.eval.reference_training import BATCH_SIZE
+
+    for name, label in (("ours", f"genlip train {PRESET} (megatron-core, loader)"),
+                        ("plain", f"plain PyTorch loop, HF model, batch {BATCH_SIZE}, AdamW")):
+        table.append({"loop": label, "samples_per_s": _median_rate(measured[name], "wall_s"),
+                      "samples_per_cpu_s": _median_rate(measured[name], "cpu_s"),
+                      "samples_per_step": statistics.mean(r["samples"] for r in measured[name]) / args.steps})
+    pair_ratios = [o["samples"] / o["wall_s"] / (p["samples"] / p["wall_s"])
+                   for o, p in zip(measured["ours"], measured["plain"])]
+    table.append({"loop": "ratio ours / plain", "samples_per_s": table[0]["samples_per_s"] / table[1]["samples_per_s"],
+                  "samples_per_cpu_s": table[0]["samples_per_cpu_s"] / table[1]["samples_per_cpu_s"],
+                  "samples_per_step": float("nan")})
+    report("train_step", table, {
+        "preset": PRESET, "ours_config": ready["ours"]["config"], "overrides": args.overrides,
+        "plain_batch": BATCH_SIZE, "threads": args.threads, "steps_per_round": args.steps,
+        "rounds_measured": args.rounds, "manifest": manifest,
+        "median_round_ratio_wall": statistics.median(pair_ratios),
+        "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        "rounds": measured,
+        "note": "samples/s = median over rounds; CPU-s = process CPU time (both threads); rounds alternate"})
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def test_tiny_cpu_preset_is_a_small_cpu_model():
     cfg = load_config("tiny_cpu")
     assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.vocab_size) == (128, 4, 512)
     assert (cfg.train.device, cfg.train.precision, cfg.model.layer_spec) == ("cpu", "fp32", "local")
-    assert (cfg.train.micro_batch_size, cfg.train.global_batch_size) == (2, 8)
+    assert (cfg.train.micro_batch_size, cfg.train.global_batch_size, cfg.model.attention) == (8, 8, "fused")
 
 
 def test_unknown_preset_lists_the_presets():
