@@ -139,13 +139,13 @@ def test_world_size_must_divide_by_the_model_parallel_layout():
 
 
 def test_global_batch_must_split_into_micro_batches_on_every_data_parallel_rank():
-    assert problems(CPU, world_size=3) == [
+    assert problems(CPU, "train.micro_batch_size=2", world_size=3) == [
         ("train.global_batch_size=8 is not divisible by train.micro_batch_size x data-parallel size = 2 x 3 "
         "(world_size 3 / model-parallel 1)")]
 
 
 def test_global_batch_must_divide_by_micro_batch_without_a_world_size():
-    assert problems(CPU, "train.global_batch_size=7") == [
+    assert problems(CPU, "train.micro_batch_size=2", "train.global_batch_size=7") == [
         "train.global_batch_size=7 is not divisible by train.micro_batch_size=2"]
 
 
