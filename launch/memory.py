@@ -7,8 +7,9 @@ Counted the way our implementation stores things (genlip_megatron/model, trainin
 - activations autograd saves per layer and token (E = element bytes, t = TP, H = width, F = SwiGLU):
     replicated unless sequence parallel: LN1 in, LN1 out, LayerScale1 in, LN2 in, LN2 out,
                                          LayerScale2 in                                     -> 6H
-    split by TP: attention 13.5H (rotary q/k, the prefix-LM kernel's per-sample gathered q/k/v
-                 copies and outputs, sigmoid(gate), gated output) and SwiGLU 3F
+    split by TP: attention 7.75H (the prefix-LM kernel's per-sample gathered q/k/v and its output,
+                 the output gate's two inputs, the gated output; RoPE is one compiled kernel that
+                 keeps only the angles) and SwiGLU 3F (bias + SwiGLU compiled: its 2F input, fc2's F)
   These counts are what torch.autograd.graph.saved_tensors_hooks sees in our layer (CPU, fused
   attention; tests/launch/test_memory_estimate.py recounts them). The GPU flash kernel keeps no
   per-head intermediates the CPU kernel keeps, so on GPU this errs on the safe side.
@@ -32,7 +33,7 @@ from genlip_megatron.config.schema import Config, padded_vocab_size
 
 GIB = 1024**3
 # Saved activations per token and layer, in units of H or F elements (see the module docstring).
-REPLICATED_H, ATTENTION_H, MLP_F = 6.0, 13.5, 3.0
+REPLICATED_H, ATTENTION_H, MLP_F = 6.0, 7.75, 3.0
 LOGIT_BYTES = 8  # per [token, V/t] element at the head's backward peak
 
 

@@ -164,6 +164,21 @@ def sample_blocks(spans: torch.Tensor, num_tokens: int) -> SampleBlocks:
     return SampleBlocks(tuple(gathers), tuple(allowed), scatter)
 
 
+class _LastLayout:
+    """The layout of the last spans tensor seen: every layer of a forward (and its recompute and
+    backward) attends over the same pack, so the index work is done once per micro-batch."""
+
+    key: tuple | None = None
+    layout: SampleBlocks | None = None
+
+    @classmethod
+    def of(cls, spans: torch.Tensor, num_tokens: int) -> SampleBlocks:
+        key = (spans, spans._version, num_tokens)
+        if cls.key is None or cls.key[0] is not spans or cls.key[1:] != key[1:]:
+            cls.key, cls.layout = key, sample_blocks(spans, num_tokens)
+        return cls.layout
+
+
 def prefix_lm_block_attention(q, k, v, spans, scale: float) -> torch.Tensor:
     """Prefix-LM attention of flattened tokens as one SDPA call per length bucket of padded samples
     (the CPU path; one call for a pack of similar samples).
@@ -172,7 +187,7 @@ def prefix_lm_block_attention(q, k, v, spans, scale: float) -> torch.Tensor:
     sample) hold an arbitrary finite value instead of zero.
     """
     tokens, heads, dim = q.shape
-    layout = sample_blocks(spans, tokens)
+    layout = _LastLayout.of(spans, tokens)
     outputs = []
     for gather, allowed in zip(layout.gathers, layout.allowed):
         rows, width = allowed.shape[0], allowed.shape[-1]

@@ -15,7 +15,7 @@ def test_prints_resolved_yaml_that_loads_back_equal(capsys, tmp_path):
 
 
 def test_invalid_config_exits_1_with_one_line_per_problem_on_stderr(capsys):
-    assert main(["config", "tiny_cpu", "model.hidden_size=130", "--world-size", "3"]) == 1
+    assert main(["config", "tiny_cpu", "model.hidden_size=130", "train.micro_batch_size=2", "--world-size", "3"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "model.hidden_size=130 is not divisible by model.num_attention_heads=4",
         ("train.global_batch_size=8 is not divisible by train.micro_batch_size x data-parallel size = 2 x 3 "

@@ -10,6 +10,8 @@ from launch_dataset import empty_dataset
 
 from genlip_megatron.cli import main
 
+TWO_RANKS = ["train.micro_batch_size=4"]  # tiny_cpu steps in one micro-batch of 8 on one rank
+
 
 @pytest.fixture
 def fake_sbatch(tmp_path, monkeypatch):
@@ -60,7 +62,7 @@ def test_bad_submission_fails_before_sbatch_with_one_line_reason(name, capsys, t
         (tmp_path / "venv" / "bin").mkdir(parents=True)
         (tmp_path / "venv" / "bin" / "activate").write_text("")
     args = ["submit", "tiny_cpu", f"data.manifest={manifest}", f"checkpoint.dir={tmp_path}/run",
-            "launch.gpus_per_node=2", *overrides]
+            "launch.gpus_per_node=2", *TWO_RANKS, *overrides]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -70,7 +72,7 @@ def test_bad_submission_fails_before_sbatch_with_one_line_reason(name, capsys, t
 
 def test_a_good_submission_reaches_sbatch(capsys, tmp_path, fake_sbatch, manifest):
     args = ["submit", "tiny_cpu", f"data.manifest={manifest}", f"checkpoint.dir={tmp_path}/run",
-            "launch.gpus_per_node=2", "launch.cpus_per_rank=1"]
+            "launch.gpus_per_node=2", "launch.cpus_per_rank=1", *TWO_RANKS]
     assert main(args) == 0
     assert fake_sbatch.exists()
     assert (tmp_path / "run" / "slurm").is_dir()
@@ -80,5 +82,5 @@ def test_a_good_submission_reaches_sbatch(capsys, tmp_path, fake_sbatch, manifes
 def test_no_sbatch_on_path_is_a_one_line_failure(capsys, tmp_path, monkeypatch, manifest):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert main(["submit", "tiny_cpu", f"data.manifest={manifest}", f"checkpoint.dir={tmp_path}/run",
-                 "launch.gpus_per_node=2"]) == 2
+                 "launch.gpus_per_node=2", *TWO_RANKS]) == 2
     assert "sbatch is not on PATH" in capsys.readouterr().err
