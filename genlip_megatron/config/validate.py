@@ -53,6 +53,9 @@ def _model(cfg: Config, bad: set[str]) -> list[str]:
                        f"(head_dim = {m.hidden_size}/{m.num_attention_heads})")
     # NOTE: padded vocab = a multiple of make_vocab_size_divisible_by x TP, so it splits evenly across
     # TP ranks exactly when that multiple is positive (ranges.py); the split cannot fail otherwise.
+    if m.objective == "aimv2" and m.attention == "fused":
+        out.append("model.attention=fused is GenLIP's prefix-LM kernel: model.objective=aimv2 needs "
+                   "model.attention=dense")
     if m.objective == "aimv2" and m.pixel_loss_weight == 0 and m.text_loss_weight == 0:
         out.append("model.pixel_loss_weight=0 and model.text_loss_weight=0: AIMv2 would train on no loss")
     return [line for line in out if line]

@@ -78,6 +78,13 @@ def test_aimv2_decoder_width_must_divide_by_its_heads():
                  "model.decoder_num_attention_heads=16")
 
 
+def test_aimv2_refuses_the_prefix_lm_fused_attention_in_one_line():
+    assert "model.attention=fused is GenLIP's prefix-LM kernel: model.objective=aimv2 needs " \
+        "model.attention=dense" in problems(CPU, "model.objective=aimv2", "model.attention=fused")
+    assert not any("model.attention" in line
+                   for line in problems(CPU, "model.objective=aimv2", "model.attention=dense"))
+
+
 def test_drop_path_rate_must_be_a_probability_below_one():
     assert problems(CPU, "model.drop_path_rate=1.0") == ["model.drop_path_rate=1.0 must be in [0, 1)"]
 

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "training"))  # the trainer t
 from multiproc import run_on_ranks
 from tiny_runs import layout, train_in_pool
 
-AIMV2 = ["model.objective=aimv2", "model.decoder_hidden_size=24", "model.decoder_num_layers=2",
+AIMV2 = ["model.objective=aimv2", "model.attention=dense", "model.decoder_hidden_size=24", "model.decoder_num_layers=2",
          "model.decoder_num_attention_heads=4", "model.decoder_ffn_hidden_size=48",
          "model.decoder_mrope_section=[1,1,1]", "model.aimv2_image_size=8", "model.layer_norm_eps=1e-5",
          "schedule.train_iters=3"]
