@@ -114,6 +114,7 @@ RANGES: dict[str, Range] = {
     "parallel.pipeline_model_parallel_size": _PARALLEL,
     "parallel.virtual_pipeline_model_parallel_size": _PARALLEL,
     "parallel.context_parallel_size": _PARALLEL,
+    "parallel.context_parallel_chunks": _count(1024),
     "data.image_size": _count(1 << 16),
     "data.min_pixels": _count(1 << 32),
     "data.max_pixels": _count(1 << 32),

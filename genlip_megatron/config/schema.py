@@ -56,6 +56,9 @@ class ParallelConfig:
     virtual_pipeline_model_parallel_size: Optional[int] = None
     sequence_parallel: bool = False
     context_parallel_size: int = 1
+    # CP splits every packed sequence into context_parallel_size x this many equal chunks and gives
+    # each rank this many, balancing attention work (data/context_split.py; finer = better balance)
+    context_parallel_chunks: int = 8
     use_distributed_optimizer: bool = True
     overlap_grad_reduce: bool = True
     overlap_param_gather: bool = False

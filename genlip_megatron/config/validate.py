@@ -61,6 +61,36 @@ def _model(cfg: Config, bad: set[str]) -> list[str]:
     return [line for line in out if line]
 
 
+def context_split_problem(seq_length: int, cp: int, chunks: int, tp_for_sp: int = 1) -> str | None:
+    """Why packed sequences of `seq_length` cannot be cut into cp x chunks equal chunks (and a rank's
+    S/cp positions into tp_for_sp sequence-parallel slices), as one line; None when they can.
+    The rule of data/context_split.py, here so that validation needs no torch."""
+    if seq_length % (cp * chunks):
+        return (f"data.seq_length={seq_length} is not divisible by parallel.context_parallel_size x "
+                f"parallel.context_parallel_chunks = {cp} x {chunks}")
+    if (seq_length // cp) % tp_for_sp:
+        return (f"data.seq_length / parallel.context_parallel_size = {seq_length // cp} is not divisible "
+                f"by parallel.tensor_model_parallel_size = {tp_for_sp} (sequence_parallel)")
+    return None
+
+
+def _context_parallel(cfg: Config, bad: set[str]) -> list[str]:
+    """Context parallelism splits packed sequences for the fused prefix-LM attention (docs/scaling.md);
+    every path without it is refused here, in one line, instead of running unsplit."""
+    p, m, cp = cfg.parallel, cfg.model, cfg.parallel.context_parallel_size
+    out = []
+    if m.objective != "genlip":
+        out.append(f"parallel.context_parallel_size={cp}: objective {m.objective!r} has no context "
+                   "parallelism (only genlip splits its packed sequences over CP ranks)")
+    if m.attention != "fused":
+        out.append(f"parallel.context_parallel_size={cp} needs model.attention=fused (the dense path's "
+                   "S x S mask has no context parallelism)")
+    if not bad & {"data.seq_length", "parallel.context_parallel_chunks", "parallel.tensor_model_parallel_size"}:
+        tp_for_sp = p.tensor_model_parallel_size if p.sequence_parallel else 1
+        out.append(context_split_problem(cfg.data.seq_length, cp, p.context_parallel_chunks, tp_for_sp))
+    return out
+
+
 def _parallel(cfg: Config, bad: set[str], world_size: int | None) -> list[str]:
     p, m, out = cfg.parallel, cfg.model, []
     if bad & {"parallel.tensor_model_parallel_size", "parallel.pipeline_model_parallel_size",
@@ -83,17 +113,7 @@ def _parallel(cfg: Config, bad: set[str], world_size: int | None) -> list[str]:
                                   "parallel.tensor_model_parallel_size (sequence_parallel)",
                                   p.tensor_model_parallel_size))
     if p.context_parallel_size > 1:
-        # Megatron-core splits attention across CP ranks only inside Transformer Engine's core
-        # attention; our mask-free "fused" attention (model/varlen_attention.py) does not split.
-        if m.layer_spec != "te":
-            out.append(f"parallel.context_parallel_size={p.context_parallel_size} needs "
-                       f"model.layer_spec=te (got {m.layer_spec!r})")
-        if m.attention == "fused":
-            out.append(f"parallel.context_parallel_size={p.context_parallel_size} needs "
-                       "model.attention=dense: the fused prefix-LM attention has no context parallelism")
-        if "data.seq_length" not in bad:  # megatron splits each sequence into 2 x CP chunks
-            out.append(_not_divisible("data.seq_length", cfg.data.seq_length,
-                                      "2 x parallel.context_parallel_size", 2 * p.context_parallel_size))
+        out += _context_parallel(cfg, bad)
     if m.recompute == "full" and not bad & {"model.num_layers", "model.recompute_num_layers"}:
         per_chunk = m.num_layers // (p.pipeline_model_parallel_size * (vpp or 1)) or m.num_layers
         if m.recompute_num_layers > per_chunk:

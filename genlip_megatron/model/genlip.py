@@ -17,7 +17,7 @@ Differences from the reference, by design:
 from __future__ import annotations
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import (
@@ -28,6 +28,7 @@ from megatron.core.transformer.transformer_block import (
 
 from genlip_megatron.hf.masks import prefix_lm_mask
 from genlip_megatron.hf.rope import interleaved_mrope_freqs
+from genlip_megatron.model.context_attention import ContextParallelParams
 from genlip_megatron.model.embeddings import GenLIPEmbedding
 from genlip_megatron.model.lm_head import full_cross_entropy, loss_position_cross_entropy
 from genlip_megatron.model.specs import final_norm_spec, genlip_layer_spec
@@ -90,27 +91,39 @@ class GenLIPModel(MegatronModule):
             input_tensor = input_tensor[0]
         self.decoder.set_input_tensor(input_tensor)
 
-    def attention_inputs(self, position_ids, segment_ids, is_image, spans=None):
-        """Rotary angles [S, B, 1, D] and the attention mask (dense [B,1,S,S] or spans [K,3]).
+    def attention_inputs(self, position_ids, segment_ids, is_image, spans=None, context=None):
+        """Rotary angles [S, B, 1, D], the attention mask (dense [B,1,S,S] or spans [K,3]) and, under
+        context parallelism, the core attention's ContextParallelParams (else None).
 
         spans: the packed batch's sample spans (PackedBatch.spans); callers holding plain tensors
-        may omit them and the fused path derives them from segment_ids."""
+        may omit them and the fused path derives them from segment_ids.
+        context: int64 [cp, B * S/cp], where every CP rank's positions sit in the micro-batch
+        (data/context_split.ContextShard.positions); position_ids etc. are then this rank's
+        [..., B, S/cp] and spans the whole micro-batch's."""
         freqs = interleaved_mrope_freqs(position_ids, self.head_dim, self.genlip.rope_theta,
                                         self.genlip.mrope_section)
         rotary = freqs.transpose(0, 1).unsqueeze(2).contiguous()
+        if context is not None:
+            if self.genlip.attention != "fused" or spans is None:
+                raise ValueError("context parallelism needs model.attention=fused and the batch's spans")
+            params = ContextParallelParams.build(context, parallel_state.get_context_parallel_rank(),
+                                                 parallel_state.get_context_parallel_group())
+            return rotary, spans, params
         if self.genlip.attention == "fused":
-            return rotary, spans if spans is not None else prefix_lm_spans(segment_ids, is_image)
-        return rotary, prefix_lm_mask(segment_ids, is_image)
+            return rotary, spans if spans is not None else prefix_lm_spans(segment_ids, is_image), None
+        return rotary, prefix_lm_mask(segment_ids, is_image), None
 
     def forward(self, tokens, image_patches, is_image, position_ids, segment_ids, labels=None, spans=None,
-                loss_mask=None):
+                loss_mask=None, context=None):
         """On the last stage: with labels and loss_mask, fp32 per-token CE [B, S] computed on the
         loss positions only (0 elsewhere; model/lm_head.py); with labels alone, the head on every
         position (CE [B, S]); without labels, the logits [S, B, V/tp]. Other stages return the
-        hidden stream [S, B, H] ([S/tp, B, H] under SP)."""
-        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image, spans)
+        hidden stream [S, B, H] ([S/tp, B, H] under SP). Under context parallelism (`context`, see
+        attention_inputs) S is this rank's S/cp positions throughout."""
+        rotary, mask, params = self.attention_inputs(position_ids, segment_ids, is_image, spans, context)
         hidden = self.embedding(tokens, image_patches, is_image) if self.pre_process else None
-        hidden = self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)
+        hidden = self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary,
+                              packed_seq_params=params)
         if not self.post_process:
             return hidden
         vocab = dict(real_vocab=self.genlip.vocab_size, padded_vocab=self.vocab_size, proj=self.proj)
@@ -126,6 +139,6 @@ class GenLIPModel(MegatronModule):
 
     def features(self, tokens, image_patches, is_image, position_ids, segment_ids, spans=None):
         """Trunk features after ln_post, [S, B, H] (single-stage models)."""
-        rotary, mask = self.attention_inputs(position_ids, segment_ids, is_image, spans)
+        rotary, mask, _ = self.attention_inputs(position_ids, segment_ids, is_image, spans)
         hidden = self.embedding(tokens, image_patches, is_image)
         return self.decoder(hidden_states=hidden, attention_mask=mask, rotary_pos_emb=rotary)

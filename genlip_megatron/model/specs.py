@@ -20,8 +20,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from genlip_megatron.model.layer import GenLIPTransformerLayer
+from genlip_megatron.model.prefix_lm_attention import PrefixLMVarlenAttention
 from genlip_megatron.model.sdpa_attention import SDPAAttention
-from genlip_megatron.model.varlen_attention import PrefixLMVarlenAttention
 
 LAYER_SPECS = ("local", "te")
 ATTENTION_KINDS = ("dense", "fused")

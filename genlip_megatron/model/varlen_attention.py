@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from dataclasses import dataclass
 
 import torch
-from megatron.core.transformer.module import MegatronModule
 
 
 def prefix_lm_spans(segment_ids: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
@@ -226,26 +224,3 @@ def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> tor
                            _cu(ends - starts), True, scale)
     return out
 
-
-class PrefixLMVarlenAttention(MegatronModule):
-    """megatron-core core-attention module for the fused path.
-
-    Receives `attention_mask` = the [K, 3] spans tensor (built once per forward by the model), so
-    megatron-core's recompute can checkpoint it like any tensor argument.
-    """
-
-    def __init__(self, config, layer_number: int, attn_mask_type=None, attention_type="self",
-                 attention_dropout=None, softmax_scale=None, **unused):
-        super().__init__(config=config)
-        if config.attention_dropout > 0:
-            raise ValueError("model.attention=fused does not implement attention dropout")
-        head_dim = config.kv_channels
-        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(head_dim)
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
-                attention_bias=None, packed_seq_params=None):
-        """query/key/value: [S, B, h, d] -> context [S, B, h * d]."""
-        s, b, h, d = query.shape
-        flat = [t.transpose(0, 1).reshape(b * s, h, d) for t in (query, key, value)]
-        out = prefix_lm_varlen_attention(*flat, attention_mask, self.softmax_scale)
-        return out.reshape(b, s, h * d).transpose(0, 1).contiguous()

@@ -120,17 +120,32 @@ def test_sequence_parallel_needs_seq_length_divisible_by_tensor_parallel_size():
         "parallel.tensor_model_parallel_size (sequence_parallel)=2")]
 
 
-def test_context_parallel_needs_transformer_engine_and_an_even_split():
-    assert problems(GPU, "parallel.context_parallel_size=2", "model.layer_spec=local", "model.attention=dense",
-                    "data.seq_length=16386") == [
-        "parallel.context_parallel_size=2 needs model.layer_spec=te (got 'local')",
-        "data.seq_length=16386 is not divisible by 2 x parallel.context_parallel_size=4"]
+def test_context_parallel_runs_with_either_layer_spec_on_the_fused_attention():
+    assert problems(GPU, "parallel.context_parallel_size=2") == []  # local spec, fused (the preset)
+    assert problems(GPU, "parallel.context_parallel_size=4", "model.layer_spec=te") == []
+    assert problems(GPU, "parallel.context_parallel_size=2", "parallel.tensor_model_parallel_size=2",
+                    "parallel.sequence_parallel=true", world_size=4) == []
 
 
-def test_context_parallel_is_not_available_with_fused_attention():
-    assert problems(GPU, "parallel.context_parallel_size=2", "model.layer_spec=te") == [
-        ("parallel.context_parallel_size=2 needs model.attention=dense: "
-        "the fused prefix-LM attention has no context parallelism")]
+def test_context_parallel_paths_without_it_are_refused_in_one_line_each():
+    assert problems(GPU, "parallel.context_parallel_size=2", "model.attention=dense", "data.seq_length=4096") == [
+        ("parallel.context_parallel_size=2 needs model.attention=fused (the dense path's S x S mask has "
+         "no context parallelism)")]
+    assert problems("aimv2_l14", "parallel.context_parallel_size=2")[0] == (
+        "parallel.context_parallel_size=2: objective 'aimv2' has no context parallelism (only genlip splits "
+        "its packed sequences over CP ranks)")
+
+
+def test_context_parallel_needs_sequences_that_split_into_equal_chunks():
+    assert problems(GPU, "parallel.context_parallel_size=2", "parallel.context_parallel_chunks=3") == [
+        ("data.seq_length=16384 is not divisible by parallel.context_parallel_size x "
+         "parallel.context_parallel_chunks = 2 x 3")]
+    assert problems(GPU, "parallel.context_parallel_size=2", "parallel.context_parallel_chunks=1",
+                    "parallel.tensor_model_parallel_size=4", "parallel.sequence_parallel=true",
+                    "data.seq_length=16372") == [
+        ("data.seq_length / parallel.context_parallel_size = 8186 is not divisible by "
+         "parallel.tensor_model_parallel_size = 4 (sequence_parallel)")]
+    assert problems(GPU, "parallel.context_parallel_chunks=0")[0].startswith("parallel.context_parallel_chunks=0")
 
 
 def test_overlap_param_gather_needs_the_distributed_optimizer():

@@ -22,7 +22,7 @@ ROWS = [  # per micro-batch: sequences of samples (grid_h, grid_w, n_text)
 ]
 
 
-def tiny_config(tp=1, pp=1, vpp=None, sp=False, attention="dense", recompute="none"):
+def tiny_config(tp=1, pp=1, vpp=None, sp=False, attention="dense", recompute="none", cp=1, cp_chunks=1):
     from genlip_megatron.config.schema import Config
 
     c = Config()
@@ -33,6 +33,7 @@ def tiny_config(tp=1, pp=1, vpp=None, sp=False, attention="dense", recompute="no
     p = c.parallel
     p.tensor_model_parallel_size, p.pipeline_model_parallel_size = tp, pp
     p.virtual_pipeline_model_parallel_size, p.sequence_parallel = vpp, sp
+    p.context_parallel_size, p.context_parallel_chunks = cp, cp_chunks
     c.train.device, c.train.precision = "cpu", "fp32"
     return c
 
@@ -77,12 +78,37 @@ def _loss_func(loss_mask, per_token_loss):
 
 
 def _forward_step(head, data_iterator, model):
-    """head "loss_positions" (what training runs) or "full" (the head on every position)."""
+    """head "loss_positions" (what training runs) or "full" (the head on every position). A
+    ContextShard (context parallelism) carries this rank's positions and the pack's spans."""
     b = next(data_iterator)
+    if not isinstance(b, dict):
+        b = {**vars(b), "context": b.positions}
     out = model(b["tokens"], b["image_patches"], b["is_image"], b["position_ids"],
                 b["segment_ids"], labels=b["labels"],
-                loss_mask=b["loss_mask"] if head == "loss_positions" else None)
+                loss_mask=b["loss_mask"] if head == "loss_positions" else None,
+                spans=b.get("spans"), context=b.get("context"))
     return out, partial(_loss_func, b["loss_mask"])
+
+
+def _this_ranks_batches(cfg) -> list:
+    """The micro-batches of this data-parallel rank (micro-batch m on rank m % DP), each split for
+    this context-parallel rank when CP > 1."""
+    from megatron.core import parallel_state as ps
+
+    from genlip_megatron.data.context_split import split_batch
+    from genlip_megatron.data.packed_batch import PackedBatch
+    from genlip_megatron.model.varlen_attention import prefix_lm_spans
+
+    dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    batches = micro_batches()[dp_rank::dp]
+    cp = cfg.parallel.context_parallel_size
+    if cp == 1:
+        return batches
+    packed = [PackedBatch(**b, spans=prefix_lm_spans(b["segment_ids"], b["is_image"])) for b in batches]
+    shards = [split_batch(b, cp, cfg.parallel.context_parallel_chunks, ps.get_context_parallel_rank())
+              for b in packed]
+    assert all(s.tokens.shape == (MICRO_BATCH, SEQ // cp) for s in shards)  # really split
+    return shards
 
 
 def parallel_loss_and_grads(layout: dict, head: str = "loss_positions"):
@@ -123,14 +149,15 @@ def parallel_loss_and_grads(layout: dict, head: str = "loss_positions"):
                                             use_distributed_optimizer=False)
         chunks.append(DistributedDataParallel(tc, ddp, model, disable_bucketing=v > 0))
     tc.finalize_model_grads_func = finalize_model_grads
-    batches = micro_batches()
+    batches = _this_ranks_batches(cfg)
     losses = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, head), data_iterator=[iter(batches) for _ in chunks],
-        model=chunks, num_microbatches=MICRO_BATCHES, seq_length=SEQ,
+        model=chunks, num_microbatches=len(batches), seq_length=SEQ,
         micro_batch_size=MICRO_BATCH, forward_only=False)
     loss = None
-    if losses:
+    if losses:  # last stage: sum and count over this rank's micro-batches, then over DP x CP
         reported = torch.stack([x["lm loss"] for x in losses]).sum(0)
+        torch.distributed.all_reduce(reported, group=ps.get_data_parallel_group(with_context_parallel=True))
         loss = (reported[0] / reported[1]).item()
     grads = {}
     for chunk in chunks:
