@@ -23,6 +23,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from genlip_megatron.config.schema import padded_vocab_size
 from genlip_megatron.config.step_split import StepSplit
+from genlip_megatron.data.context_split import split_batch
 from genlip_megatron.model.aimv2 import build_aimv2_stage
 from genlip_megatron.model.aimv2_loss import aimv2_forward_step, prepare_aimv2_step
 from genlip_megatron.model.aimv2_specs import aimv2_transformer_configs
@@ -154,6 +155,9 @@ def build_training_modules(cfg) -> TrainingModules:
     if aimv2:
         forward, prepare = aimv2_forward_step, partial(prepare_aimv2_step, model_cfg=cfg.model, seed=cfg.data.seed,
                                                       split=StepSplit.of(cfg, parallel_state.get_data_parallel_world_size()))
+    elif cfg.parallel.context_parallel_size > 1:
+        forward, prepare = genlip_forward_step, partial(_context_shards, cp=cfg.parallel.context_parallel_size,
+                                                        chunks=cfg.parallel.context_parallel_chunks)
     else:
         forward, prepare = genlip_forward_step, _as_is
     return TrainingModules(model, optimizer, scheduler, transformer_config,
@@ -162,3 +166,10 @@ def build_training_modules(cfg) -> TrainingModules:
 
 def _as_is(micro_batches: list, step: int) -> list:
     return micro_batches
+
+
+def _context_shards(micro_batches: list, step: int, cp: int, chunks: int) -> list:
+    """This context-parallel rank's share of every micro-batch (every rank of the CP group reads the
+    same micro-batches and computes the same split, with no communication)."""
+    rank = parallel_state.get_context_parallel_rank()
+    return [split_batch(batch, cp, chunks, rank) for batch in micro_batches]

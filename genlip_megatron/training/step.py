@@ -21,6 +21,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from genlip_megatron.data.context_split import ContextShard
 from genlip_megatron.training.flops import ModelShape, count_tokens, train_step_flops
 
 
@@ -49,18 +50,20 @@ def _loss_func(loss_mask: torch.Tensor, per_token_ce: torch.Tensor):
 
 
 def genlip_forward_step(data_iterator, model):
-    """megatron forward_step_func: one GenLIP micro-batch (a PackedBatch) through this model chunk."""
+    """megatron forward_step_func: one GenLIP micro-batch through this model chunk: a PackedBatch, or
+    under context parallelism this rank's ContextShard of it (data/context_split.py)."""
     batch = next(data_iterator).to(next(model.parameters()).device)
+    context = batch.positions if isinstance(batch, ContextShard) else None
     output = model(batch.tokens, batch.image_patches, batch.is_image, batch.position_ids, batch.segment_ids,
-                   labels=batch.labels, spans=batch.spans, loss_mask=batch.loss_mask)
+                   labels=batch.labels, spans=batch.spans, loss_mask=batch.loss_mask, context=context)
     return output, partial(_loss_func, batch.loss_mask)
 
 
 def _is_loss_reporter() -> bool:
-    """One rank per data-parallel replica reports loss and counts: last PP stage, TP (and CP) rank 0."""
+    """The ranks whose schedule returns loss sums: last PP stage, TP rank 0 (one per DP x CP rank:
+    under context parallelism each holds the CE of its own share of the positions)."""
     return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-            and parallel_state.get_tensor_model_parallel_rank() == 0
-            and parallel_state.get_context_parallel_rank() == 0)
+            and parallel_state.get_tensor_model_parallel_rank() == 0)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -96,6 +99,7 @@ def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.de
     if _is_loss_reporter():
         for report in reports:
             stats[:2] += report["loss_sum_and_count"].to(device, torch.float64)
+    if _is_loss_reporter() and parallel_state.get_context_parallel_rank() == 0:  # whole micro-batches
         for batch in micro_batches:
             counts = count_tokens(batch.spans, batch.loss_mask)
             stats[2] += counts.samples
