@@ -7,6 +7,7 @@ per second, in one process on ONE GPU in under 8 minutes (docs/gpu_check.md).
 Checks, in order (each "pass", "fail" or "skipped" with its reason, never faked):
   environment       versions; torch's varlen attention API is the one the fused path calls
   varlen_vs_dense   fused prefix-LM attention (flash varlen, bf16) vs the dense mask (fp32)
+  context_vs_dense  its context-parallel form (CP4 ranks' query shares, one after another) vs the same
   head_vs_full      head on loss positions vs the full head: equal in fp32; time and memory in bf16
   te_vs_local       Transformer Engine spec vs local spec on the same weights (bf16), both attentions
   fp8_tracks_bf16   50 training steps in FP8 follow the bf16 loss
@@ -38,6 +39,7 @@ from gpu_checks.context import CheckContext, skipped  # noqa: E402
 CHECKS = (
     ("environment", environment.check),
     ("varlen_vs_dense", numerics.varlen_vs_dense),
+    ("context_vs_dense", numerics.context_vs_dense),
     ("head_vs_full", numerics.head_vs_full),
     ("te_vs_local", layer_specs.check),
     ("fp8_tracks_bf16", training_runs.fp8_tracks_bf16),

@@ -93,9 +93,12 @@ def estimate(cfg: Config, layout: Layout, gpus: int, gpu: GPU, a: Assumptions, t
         collectives = 6 if layout.recompute == "full" else 4
         moved = collectives * 2 * (t - 1) / t * activation * layers * m
         seconds["tensor_parallel"] = moved / _bandwidth(t, gpu, a)
-    if c > 1:  # K and V of the other CP ranks, forward and twice in backward; assume half hidden
-        moved = 3 * 2 * (c - 1) / c * activation * layers * m
-        seconds["context_parallel"] = 0.5 * moved / _bandwidth(t * c, gpu, a)
+    if c > 1:  # model/context_attention.py: each rank receives the other c - 1 ranks' K and V
+        # (2 x its own [S/c, H/t]) in the forward all-gather, sends as much back in the backward
+        # reduce-scatter, and gathers again when full recompute reruns the forward; not overlapped
+        passes = 3 if layout.recompute == "full" else 2
+        moved = passes * 2 * (c - 1) * activation / t * layers * m
+        seconds["context_parallel"] = moved / _bandwidth(t * c, gpu, a)
     if p > 1:
         sent = 2 * m * activation / (t if layout.sequence_parallel else 1)
         seconds["pipeline_p2p"] = sent / _bandwidth(t * p, gpu, a)

@@ -13,7 +13,9 @@ Counted the way our implementation stores things (genlip_megatron/model, trainin
   These counts are what torch.autograd.graph.saved_tensors_hooks sees in our layer (CPU, fused
   attention; tests/launch/test_memory_estimate.py recounts them). The GPU flash kernel keeps no
   per-head intermediates the CPU kernel keeps, so on GPU this errs on the safe side.
-  attention=dense adds the S x S softmax probabilities per head.
+  attention=dense adds the S x S softmax probabilities per head. Context parallelism (CP c) keeps
+  S/c tokens per rank, plus the keys and values of the other (c-1) S/c positions that the fused
+  attention gathers (model/context_attention.py) and saves for its backward: 2 (1 - 1/c) S H/t.
 - the last stage's head at its backward peak: the cross-entropy's saved fp32 softmax (turned into
   the logits' gradient in place) plus the gradient through the padding mask and, under bf16, its
   cast back: 8 bytes per [row, V/t] element in both precisions. The head runs on the loss positions
@@ -107,6 +109,8 @@ def activation_bytes_per_layer(cfg: Config, layout: Layout) -> dict[str, float]:
     replicated = REPLICATED_H * h / (t if layout.sequence_parallel else 1)
     split = (ATTENTION_H * h + MLP_F * f) / t
     out = {"block": tokens * (replicated + split) * e}
+    if layout.cp > 1:  # the keys and values gathered from the other CP ranks, saved by the kernel
+        out["context_kv"] = 2 * (cfg.data.seq_length * layout.micro_batch_size - tokens) * h / t * e
     if m.attention == "dense" and layout.recompute == "none":
         # softmax probabilities [b, heads/t, S, S/cp] in the compute dtype (+ fp32 on CPU upcast)
         heads = m.num_attention_heads / t

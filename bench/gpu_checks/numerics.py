@@ -1,5 +1,5 @@
 """Kernels against their references on the same inputs: the fused (varlen) prefix-LM attention
-against the dense mask, and the head on loss positions against the head on every position (plus
+and its context-parallel form against the dense mask, and the head on loss positions against the head on every position (plus
 the time and memory the former saves). Both run on CPU too (smaller sizes, fp32, CPU kernels)."""
 
 from __future__ import annotations
@@ -73,6 +73,50 @@ def varlen_vs_dense(ctx) -> dict:
     return verdict(out_diff <= tolerance["output"] and grad_diff <= tolerance["grad"],
                    kernel="flash varlen_attn (bf16)" if ctx.cuda else "CPU block SDPA (fp32)",
                    shape={"rows": rows, "seq": seq, "heads": heads, "head_dim": dim, "samples": len(spans)},
+                   max_abs_output_diff=out_diff, max_abs_grad_diff=grad_diff, tolerance=tolerance)
+
+
+def context_vs_dense(ctx) -> dict:
+    """Context-parallel attention (model/context_attention.py) of every CP rank's share of the
+    queries, split as training splits a stage-2 pack (data/context_split.py, CP4 x 8 chunks), against
+    the dense mask in fp32: outputs of every query, and the key and value gradients summed over the
+    ranks (what the backward reduce-scatter hands their owners). On one GPU the ranks run one after
+    another against the whole K/V (no NCCL): the check is of the kernel path (flash varlen segments,
+    bf16; the CPU block path in fp32), not of the collectives, which tests/model/ covers over gloo."""
+    from genlip_megatron.data.context_split import context_positions
+    from genlip_megatron.model.context_attention import prefix_lm_context_attention
+
+    cp, chunks = 4, 8
+    seq, heads, dim = ctx.sizes((8192, 16, 96), (128, 2, 8))
+    dtype = torch.bfloat16 if ctx.cuda else torch.float32
+    tolerance = {"output": 2e-2, "grad": 5e-2} if ctx.cuda else {"output": 1e-5, "grad": 1e-5}
+    spans = stage1_spans(1, seq, *ctx.sizes((1024, 100), (40, 9)))
+    positions = context_positions(spans, 1, seq, cp, chunks).to(ctx.torch_device)
+    spans = spans.to(ctx.torch_device)
+    g = torch.Generator(device=ctx.torch_device).manual_seed(1)
+    q, k, v, grad_out = (torch.randn(seq, heads, dim, generator=g, device=ctx.torch_device).to(dtype)
+                         for _ in range(4))
+    scale = 1.0 / math.sqrt(dim)
+    real = torch.zeros(seq, dtype=torch.bool, device=ctx.torch_device)
+    for start, _, end in spans.tolist():
+        real[start:end] = True
+
+    def split(a, b, c):
+        out = torch.zeros_like(a)
+        for queries in positions:  # rank by rank: its queries, every key
+            out = out.index_put((queries,), prefix_lm_context_attention(a[queries], b, c, spans, queries, scale))
+        return out
+
+    leaves = [[t.detach().clone().requires_grad_(True) for t in ts] for ts in ((q, k, v), (q.float(), k.float(), v.float()))]
+    outs = [split(*leaves[0]), _dense_reference(*leaves[1], spans, 1, seq, scale)]
+    for out in outs:
+        out.backward(grad_out.to(out.dtype) * real[:, None, None])
+    out_diff = (outs[0].float() - outs[1])[real].abs().max().item()
+    grad_diff = max((a.grad.float() - b.grad)[real].abs().max().item() for a, b in zip(*leaves))
+    return verdict(out_diff <= tolerance["output"] and grad_diff <= tolerance["grad"],
+                   kernel="flash varlen_attn segments (bf16)" if ctx.cuda else "CPU block SDPA (fp32)",
+                   shape={"seq": seq, "heads": heads, "head_dim": dim, "samples": len(spans), "cp": cp,
+                          "chunks_per_rank": chunks},
                    max_abs_output_diff=out_diff, max_abs_grad_diff=grad_diff, tolerance=tolerance)
 
 

@@ -41,6 +41,8 @@ def test_the_cpu_checks_pass_and_the_gpu_checks_say_why_they_were_skipped(cpu_re
     assert checks["environment"]["varlen_api"] == "ok" and checks["environment"]["torch"] == torch.__version__
     assert checks["varlen_vs_dense"]["max_abs_output_diff"] <= 1e-5
     assert checks["varlen_vs_dense"]["max_abs_grad_diff"] <= 1e-5
+    assert checks["context_vs_dense"]["max_abs_output_diff"] <= 1e-5
+    assert checks["context_vs_dense"]["max_abs_grad_diff"] <= 1e-5
     assert checks["head_vs_full"]["loss_relative_diff"] <= 1e-5
     assert 0 < checks["head_vs_full"]["loss_positions"] < checks["head_vs_full"]["tokens"]
     (run,) = checks["throughput"]["runs"]

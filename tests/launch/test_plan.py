@@ -8,7 +8,7 @@ from genlip_megatron.cli import main
 from genlip_megatron.config.load import load_config
 from launch.hardware import GPUS, Assumptions
 from launch.layouts import plan
-from launch.memory import GIB, Layout, memory_breakdown, total_params
+from launch.memory import GIB, Layout, activation_bytes_per_layer, memory_breakdown, total_params
 
 
 def test_g16_parameter_count_matches_the_hand_count():
@@ -51,6 +51,24 @@ def test_distributed_optimizer_shards_optimizer_state_over_dp():
     whole = memory_breakdown(cfg, Layout(tp=2, dp=512), 1, 84)
     assert whole["optimizer"] == pytest.approx(sharded["optimizer"] * 512)
     assert whole["optimizer"] / GIB == pytest.approx(total_params(cfg) / 2 * 12 / GIB, rel=0.01)
+
+
+def test_context_parallel_splits_activations_and_counts_the_gathered_keys_and_values():
+    cfg = load_config("genlip_g16_stage2", ["data.seq_length=65536"])
+    one = activation_bytes_per_layer(cfg, Layout(tp=2, dp=512, sequence_parallel=True))
+    four = activation_bytes_per_layer(cfg, Layout(tp=2, cp=4, dp=128, sequence_parallel=True))
+    assert four["block"] == pytest.approx(one["block"] / 4) and "context_kv" not in one
+    # K and V (2) of the 3 x 16,384 positions other CP ranks hold, 1536 / TP2 channels, bf16 (2 B)
+    assert four["context_kv"] == 2 * 3 * 16384 * 768 * 2
+
+
+def test_64k_token_packs_on_1024_h100_run_fastest_with_context_parallelism():
+    cfg = load_config("genlip_g16_stage2", ["data.seq_length=65536"])
+    fits, rejected = plan(cfg, 1024, GPUS["h100"], Assumptions(), text_tokens=84)
+    best = fits[0]
+    assert best.layout.cp > 1 and "context_parallel" in best.seconds
+    assert best.memory_total < GPUS["h100"].memory_bytes * Assumptions().usable_fraction
+    assert all(est.step_seconds > best.step_seconds for est in fits if est.layout.cp == 1)
 
 
 def test_a_model_too_big_for_the_gpus_is_rejected_for_memory():
