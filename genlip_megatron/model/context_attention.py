@@ -21,7 +21,7 @@ with the prefix-LM mask written in terms of each query's offset in its sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
@@ -44,6 +44,7 @@ class ContextParallelParams(PackedSeqParams):
     positions: torch.Tensor = None
     order: torch.Tensor = None
     rank: int = 0
+    _blocks: tuple = field(default=None, repr=False)  # (spans, context_blocks(...)) of the last call
 
     @classmethod
     def build(cls, positions: torch.Tensor, rank: int, group) -> ContextParallelParams:
@@ -56,6 +57,13 @@ class ContextParallelParams(PackedSeqParams):
     def queries(self) -> torch.Tensor:
         """int64 [T']: the positions of this rank's queries (ascending)."""
         return self.positions[self.rank]
+
+    def blocks(self, spans: torch.Tensor) -> tuple:
+        """`context_blocks(spans, self.queries)`, computed once for all layers of a forward (and
+        their recompute and backward): the same params and spans reach every layer."""
+        if self._blocks is None or self._blocks[0] is not spans:
+            self._blocks = (spans, context_blocks(spans, self.queries))
+        return self._blocks[1]
 
 
 def gather_keys_values(key: torch.Tensor, value: torch.Tensor, params: ContextParallelParams):
@@ -105,11 +113,12 @@ def context_blocks(spans: torch.Tensor, queries: torch.Tensor):
     return q_gather.reshape(-1), k_gather.reshape(-1), scatter, allowed.unsqueeze(1)
 
 
-def context_block_attention(q, k, v, spans, queries, scale: float) -> torch.Tensor:
+def context_block_attention(q, k, v, spans, queries, scale: float, blocks=None) -> torch.Tensor:
     """Prefix-LM attention of a query subset as one SDPA call over padded samples (CPU path).
-    Args and result as `prefix_lm_context_attention` (pack padding holds an arbitrary finite value)."""
+    Args and result as `prefix_lm_context_attention` (pack padding holds an arbitrary finite value);
+    blocks: `context_blocks(spans, queries)` when the caller has it already."""
     _, heads, dim = q.shape
-    q_gather, k_gather, scatter, allowed = context_blocks(spans, queries)
+    q_gather, k_gather, scatter, allowed = blocks if blocks is not None else context_blocks(spans, queries)
     blocks, q_width, k_width = allowed.shape[0], allowed.shape[2], allowed.shape[3]
     if blocks == 0:  # this rank holds only pack padding
         return q * 0
@@ -119,7 +128,7 @@ def context_block_attention(q, k, v, spans, queries, scale: float) -> torch.Tens
     return o.transpose(1, 2).reshape(blocks * q_width, heads, dim).index_select(0, scatter)
 
 
-def prefix_lm_context_attention(q, k, v, spans, queries, scale: float, kernel=None) -> torch.Tensor:
+def prefix_lm_context_attention(q, k, v, spans, queries, scale: float, kernel=None, blocks=None) -> torch.Tensor:
     """Prefix-LM attention of a subset of the positions.
 
     Args:
@@ -128,12 +137,13 @@ def prefix_lm_context_attention(q, k, v, spans, queries, scale: float, kernel=No
         spans: int64 [K, 3] (start, text start, end) of every sample.
         kernel: a varlen kernel for the segment decomposition; None picks flash attention on CUDA
             and the padded-block SDPA path on CPU.
+        blocks: the CPU path's `context_blocks(spans, queries)`, when the caller has it already.
     Returns:
         [T', h, d]; at pack padding positions zero (varlen kernels) or an arbitrary finite value (CPU).
     """
     if kernel is None:
         if not q.is_cuda:
-            return context_block_attention(q, k, v, spans, queries, scale)
+            return context_block_attention(q, k, v, spans, queries, scale, blocks)
         kernel = varlen_attention_cuda
     starts, text_starts, ends = spans.T.contiguous().unbind(0)  # contiguous rows for searchsorted
     first_image = torch.searchsorted(queries, starts)

@@ -37,8 +37,9 @@ class PrefixLMVarlenAttention(MegatronModule):
         q, k, v = (t.transpose(0, 1).reshape(b * s, h, d) for t in (query, key, value))
         if isinstance(packed_seq_params, ContextParallelParams):
             k, v = gather_keys_values(k, v, packed_seq_params)
+            blocks = None if q.is_cuda else packed_seq_params.blocks(attention_mask)
             out = prefix_lm_context_attention(q, k, v, attention_mask, packed_seq_params.queries,
-                                              self.softmax_scale)
+                                              self.softmax_scale, blocks=blocks)
         elif packed_seq_params is not None:
             raise ValueError(f"the fused prefix-LM attention does not take {type(packed_seq_params).__name__}")
         else:

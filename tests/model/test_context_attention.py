@@ -62,3 +62,19 @@ def test_query_subsets_see_exactly_their_dense_mask_rows(path):
         assert torch.isfinite(out).all()
         assert (qs.grad - qd.grad[queries])[keep].abs().max() < 5e-6
         assert (ks.grad - kd.grad).abs().max() < 5e-6 and (vs.grad - vd.grad).abs().max() < 5e-6
+
+
+def test_the_cpu_layout_is_built_once_per_forward_and_again_for_another_pack():
+    from genlip_megatron.model.context_attention import ContextParallelParams, context_blocks
+
+    b, spans, q, k, v = _inputs()
+    positions = context_positions(spans, len(ROWS), SEQ, 2, 3)
+    params = ContextParallelParams.build(positions, rank=1, group=None)
+    first = params.blocks(spans)
+    assert params.blocks(spans) is first  # every layer of the forward reuses it
+    assert all(torch.equal(a, b) for a, b in zip(first, context_blocks(spans, positions[1])))
+    other = spans.clone()
+    assert params.blocks(other) is not first
+    queries = positions[1]
+    out = prefix_lm_context_attention(q[queries], k, v, spans, queries, 0.3, blocks=params.blocks(spans))
+    assert torch.equal(out, prefix_lm_context_attention(q[queries], k, v, spans, queries, 0.3))
