@@ -59,11 +59,17 @@ def genlip_forward_step(data_iterator, model):
     return output, partial(_loss_func, batch.loss_mask)
 
 
-def _is_loss_reporter() -> bool:
-    """The ranks whose schedule returns loss sums: last PP stage, TP rank 0 (one per DP x CP rank:
-    under context parallelism each holds the CE of its own share of the positions)."""
+def is_loss_reporter() -> bool:
+    """The ranks whose schedule's loss sums and counts are added up: last PP stage, TP rank 0, one
+    per DP x CP rank (under context parallelism each holds the CE of its own share of the positions)."""
     return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
             and parallel_state.get_tensor_model_parallel_rank() == 0)
+
+
+def is_batch_reporter() -> bool:
+    """The ranks that count whole micro-batches (samples, tokens, FLOPs): one per DP replica, the
+    loss reporter of CP rank 0 (every CP rank of a replica holds the same micro-batches)."""
+    return is_loss_reporter() and parallel_state.get_context_parallel_rank() == 0
 
 
 def _synchronize(device: torch.device) -> None:
@@ -96,10 +102,10 @@ def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.de
 
     start = time.perf_counter()
     stats = torch.zeros(7, dtype=torch.float64, device=device)
-    if _is_loss_reporter():
+    if is_loss_reporter():
         for report in reports:
             stats[:2] += report["loss_sum_and_count"].to(device, torch.float64)
-    if _is_loss_reporter() and parallel_state.get_context_parallel_rank() == 0:  # whole micro-batches
+    if is_batch_reporter():
         for batch in micro_batches:
             counts = count_tokens(batch.spans, batch.loss_mask)
             stats[2] += counts.samples
