@@ -31,6 +31,7 @@ from genlip_megatron.checkpoint import run_dir as run_layout
 
 PRESET = "tiny_cpu"
 REFERENCE_SHARE = 8  # the reference trains 1/8 of our steps by default
+EVAL_ITERS = 8  # held-out global batches per evaluation during training (8 x 8 packed sequences)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,8 @@ def _sequence_texts(records, prompt: str):
 
 
 def build_data(out: str, args) -> dict:
-    """Stages 1-3; returns paths of the JSONLs, zero_shot.json, tokenizer.json and manifest.json."""
+    """Stages 1-3; returns paths of the JSONLs, zero_shot.json, tokenizer.json, manifest.json and
+    eval_manifest (the test split's shards)."""
     from data_tools import fashion_mnist
     from data_tools.build import run_build
     from data_tools.captions import CaptionSettings
@@ -89,14 +91,25 @@ def build_data(out: str, args) -> dict:
         raise RuntimeError(f"shard build failed for {result['failed']}")
     merge(shards)
     paths["manifest"] = os.path.join(shards, "manifest.json")
+    # the held-out split as shards too: training logs its caption loss on them (data.eval_manifest)
+    held_out = os.path.join(out, "shards_test")
+    result = run_build([paths["test"]], held_out, paths["tokenizer"], settings, prompt, progress=False)
+    if result["failed"]:
+        raise RuntimeError(f"shard build failed for {result['failed']}")
+    merge(held_out)
+    paths["eval_manifest"] = os.path.join(held_out, "manifest.json")
     return paths
 
 
-def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: int) -> int:
+def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: int,
+           eval_manifest: str | None = None) -> int:
     """`genlip train tiny_cpu` as a child process (its own process group and megatron state)."""
     overrides = [f"data.manifest={manifest}", f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
                  f"checkpoint.save_interval={save_every}", f"checkpoint.keep_last={steps // save_every + 1}",
                  "logging.progress_bar=false", "logging.log_interval=100"]
+    if eval_manifest:  # ~10 held-out points on the loss curve, each over EVAL_ITERS global batches
+        overrides += [f"data.eval_manifest={eval_manifest}", f"train.eval_interval={max(10, steps // 10)}",
+                      f"train.eval_iters={EVAL_ITERS}"]
     # The child reads its thread count from OMP_NUM_THREADS; the config has no such key by design.
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)  # a single-process run, whatever launched us
@@ -147,7 +160,8 @@ def run(args) -> int:
         else:
             print(f"[demo] training {steps} steps (fixed; ~10 minutes on 2 quiet cores)", flush=True)
             with _stage(timings, "train"):
-                code = _train(run_dir, paths["manifest"], steps, reference_steps or steps, args.threads)
+                code = _train(run_dir, paths["manifest"], steps, reference_steps or steps, args.threads,
+                              paths["eval_manifest"])
             if code != 0:
                 raise RuntimeError(f"training exited with {code}; see its log above")
         reference = None

@@ -1,4 +1,5 @@
 """`genlip eval --checkpoint PATH --test test.jsonl [--train train.jsonl] [--zero-shot zero_shot.json]`
+   `genlip eval --checkpoint RUN --test SHARD_DATASET [--eval-iters N]`   (the run's held-out loss)
 
 Evaluates one model (an HF folder, or a training run directory / checkpoint folder) on CPU in one
 process: held-out caption loss and perplexity, generative zero-shot top-1 (summed and length-normalised
@@ -17,7 +18,11 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="HF folder, run directory or checkpoint folder")
-    parser.add_argument("--test", required=True, help="captions JSONL of held-out images (image, caption, label)")
+    parser.add_argument("--test", required=True,
+                        help="captions JSONL of held-out images (image, caption, label), or a shard dataset "
+                             "(folder or manifest.json): its held-out caption loss as the run logs it")
+    parser.add_argument("--eval-iters", type=int,
+                        help="shard dataset: global batches to score (default: the run's train.eval_iters)")
     parser.add_argument("--train", help="captions JSONL with labels to fit the linear probe on")
     parser.add_argument("--zero-shot", help='JSON {"class_names": [...], "captions": [[...], ...]}')
     parser.add_argument("--tokenizer", help="tokenizer.json, HF tokenizer folder or dataset folder "
@@ -56,9 +61,35 @@ def _print(name: str, metrics: dict) -> None:
         print(f"{name:>8} caption[{i}] {text}")
 
 
+def _write_json(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+
+
+def _held_out(args) -> int:
+    """--test names a shard dataset: the held-out loss a training run logs, from its checkpoint."""
+    from genlip_megatron.checkpoint import run_dir
+    from genlip_megatron.data.dataset_ref import manifest_file
+    from genlip_megatron.eval.held_out import held_out_loss
+    from genlip_megatron.eval.loading import load_checkpoint_model
+
+    if not run_dir.is_checkpoint(args.checkpoint):
+        raise ValueError(f"--test {args.test} is a shard dataset: its held-out loss packs samples as the run did, "
+                         "so --checkpoint must be a training run or checkpoint folder (for an exported folder, "
+                         "pass a captions JSONL)")
+    model, cfg = load_checkpoint_model(args.checkpoint)
+    results = {"model": held_out_loss(model, cfg, manifest_file(args.test), args.eval_iters)}
+    _print("model", results["model"])
+    if args.json:
+        _write_json(args.json, results)
+    return 0
+
+
 def run(args) -> int:
     import torch
 
+    from genlip_megatron.data.dataset_ref import is_dataset
     from genlip_megatron.data.tokenizer import Tokenizer
     from genlip_megatron.eval import datasets
     from genlip_megatron.eval.loading import load_model, random_like
@@ -66,6 +97,8 @@ def run(args) -> int:
     from genlip_megatron.eval.suite import evaluate_model, evaluate_pixels
 
     torch.set_num_threads(args.threads)
+    if is_dataset(args.test):
+        return _held_out(args)
     try:
         defaults = model_defaults(args.checkpoint)
         tokenizer = Tokenizer.from_file(choose_tokenizer(args.tokenizer, defaults))
@@ -93,8 +126,6 @@ def run(args) -> int:
     for name, metrics in results.items():
         _print(name, metrics)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+        _write_json(args.json, results)
     return 0
 

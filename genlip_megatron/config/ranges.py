@@ -28,7 +28,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.recompute": ("none", "selective", "full"),
     "model.drop_path_schedule": ("constant", "linear"),
     "model.aimv2_position_embedding": ("learned", "sincos"),
-    "optimizer.name": ("adamw",),  # the only optimizer built (training/model_setup.py)
     "optimizer.decay_params": ("all", "megatron"),
     "train.precision": ("fp32", "bf16", "fp8"),
     "train.device": ("cuda", "cpu"),
@@ -140,6 +139,7 @@ RANGES: dict[str, Range] = {
     "train.seed": _SEED,
     "train.eval_interval": _STEPS,
     "train.eval_iters": _amount(10 ** 6),
+    "train.eval_labelled_images": _count(10 ** 7),
     "train.max_consecutive_nan_steps": _count(10 ** 6),
     "train.step_timeout_s": Range(10, 7 * 86400, why_low="the step watchdog and the collective timeout; "
                                                       "below 10 s a healthy first step is killed"),
@@ -183,6 +183,9 @@ _SLURM_NAME = Text(256, r"[A-Za-z0-9][A-Za-z0-9._+-]*(,[A-Za-z0-9][A-Za-z0-9._+-
 TEXT: dict[str, Text] = {
     "data.manifest": _PATH,
     "data.eval_manifest": _PATH,
+    "data.eval_labelled": _PATH,
+    "data.eval_zero_shot": _PATH,
+    "data.eval_probe_train": _PATH,
     "data.prompt": Text(4096, r"[^\x00]+", "text without NUL"),
     "data.end_text": Text(256, r"[^\x00]+", "text without NUL"),
     "checkpoint.dir": _PATH,

@@ -67,7 +67,15 @@ class ParallelConfig:
 @dataclass
 class DataConfig:
     manifest: str = ""  # path to a dataset manifest.json written by `genlip shards merge`
-    eval_manifest: str = ""  # optional held-out set
+    # Evaluation during training (training/held_out.py): the held-out caption loss of this dataset
+    # (folder or manifest.json, the training tokenizer) every train.eval_interval steps.
+    eval_manifest: str = ""
+    # Optional, after the last step (training/end_of_run.py, needs checkpoint.dir): generative zero-shot
+    # on eval_labelled (a captions JSONL with labels, docs/evaluation.md) with the class captions of
+    # eval_zero_shot, and a linear probe fitted on eval_probe_train and tested on eval_labelled.
+    eval_labelled: str = ""
+    eval_zero_shot: str = ""
+    eval_probe_train: str = ""
     image_size: int = 224  # stage 1: square images
     native_resolution: bool = False  # stage 2: aspect-preserving, multiples of patch_size
     min_pixels: int = 64 * 64
@@ -92,7 +100,8 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
+    """AdamW (decoupled weight decay), megatron-core's (distributed) optimizer."""
+
     lr: float = 1e-3
     min_lr: float = 1e-6
     weight_decay: float = 0.01
@@ -119,8 +128,9 @@ class TrainConfig:
     precision: str = "bf16"  # "fp32" | "bf16" | "fp8" (fp8 needs model.layer_spec == "te")
     device: str = "cuda"  # "cuda" | "cpu"
     seed: int = 1234
-    eval_interval: int = 1000
-    eval_iters: int = 10
+    eval_interval: int = 1000  # steps between held-out evaluations (data.eval_manifest); also after the last
+    eval_iters: int = 10  # global batches of data.eval_manifest per evaluation; 0 = none
+    eval_labelled_images: int = 1000  # end-of-run zero-shot / probe: first N images of each labelled JSONL
     max_consecutive_nan_steps: int = 5
     step_timeout_s: float = 1800.0  # watchdog: abort with a stack dump when a step exceeds this
     synthetic_data: bool = False  # deterministic random batches instead of data.manifest (tests, benchmarks)

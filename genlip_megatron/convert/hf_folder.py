@@ -33,20 +33,21 @@ def copy_modeling_code(folder: str) -> list[str]:
     return copied
 
 
-def write_tokenizer(folder: str, tokenizer: str) -> str:
-    """Copy tokenizer.json and write tokenizer_config.json (AutoTokenizer) naming its end-of-turn token
-    as eos and its pad token, and generation_config.json (greedy captions end at eos)."""
-    from genlip_megatron.data.tokenizer import Tokenizer
+def write_tokenizer(folder: str, tokenizer: str, end_text: str | None = None) -> str:
+    """Copy tokenizer.json and write tokenizer_config.json (AutoTokenizer) naming eos - the first token
+    of the run's end text (data.end_text, e.g. <|im_end|> of "<|im_end|>\n"), else the tokenizer's
+    end-of-turn token - and its pad token, and generation_config.json (greedy captions end at eos)."""
+    from genlip_megatron.data.tokenizer import Tokenizer, end_text_ids
 
     tok = Tokenizer.from_file(tokenizer)
     shutil.copyfile(tok.path, os.path.join(folder, TOKENIZER_FILE))
-    eos, pad = tok.id_to_token(tok.end_ids[-1]), tok.id_to_token(tok.pad_id)
+    eos_id = end_text_ids(tok, end_text)[0] if end_text else tok.end_ids[0]
+    eos, pad = tok.id_to_token(eos_id), tok.id_to_token(tok.pad_id)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": pad,
               "model_max_length": 1 << 20, "clean_up_tokenization_spaces": False}
     _write_json(os.path.join(folder, "tokenizer_config.json"), config)
     _write_json(os.path.join(folder, "special_tokens_map.json"), {"eos_token": eos, "pad_token": pad})
-    generation = {"eos_token_id": tok.end_ids[-1] if len(tok.end_ids) == 1 else list(tok.end_ids),
-                  "pad_token_id": tok.pad_id, "do_sample": False, "max_new_tokens": 64}
+    generation = {"eos_token_id": eos_id, "pad_token_id": tok.pad_id, "do_sample": False, "max_new_tokens": 64}
     _write_json(os.path.join(folder, "generation_config.json"), generation)
     return TOKENIZER_FILE
 

@@ -174,7 +174,7 @@ def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
         config.dtype = weights["dtype"]
         config.to_json_file(os.path.join(stage, "config.json"))
         hf_folder.copy_modeling_code(stage)
-        tokenizer_file = hf_folder.write_tokenizer(stage, tokenizer_path) if tokenizer_path else None
+        tokenizer_file = hf_folder.write_tokenizer(stage, tokenizer_path, cfg.data.end_text) if tokenizer_path else None
         hf_folder.write_image_processor(stage, cfg)
         card = hf_folder.write_model_card(stage, reader, cfg, config, weights, eval_json)
         hf_folder.make_world_readable(stage)

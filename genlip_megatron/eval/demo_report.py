@@ -91,7 +91,9 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     results["pixels"] = evaluate_pixels(test, train, settings.probe_c)
     rows += [("same size, random init", results["random"]),
              ("raw pixels (logistic regression)", {"linear_probe": results["pixels"]["pixel_baseline"]})]
-    report.plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"))
+    eval_steps, eval_losses = report.read_eval_losses(run_layout.metrics_path(run_dir))
+    report.plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"), eval_steps=eval_steps,
+                           eval_losses=eval_losses)
     _examples_figure(out, test, names, results["trained"])
     speed = _speed_section(run_dir, reference)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
@@ -117,7 +119,10 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
         ("Results", report.metrics_table(rows) + notes),
         ("Training speed", speed["text"]),
         ("Training loss", (f"![loss curve](loss_curve.png)\n\nFinal logged loss: {losses[-1]:.3f} at step "
-                           f"{steps[-1]}.") if losses else "no metrics.jsonl"),
+                           f"{steps[-1]}." + (f" Held-out caption loss logged during training (test split "
+                                              f"shards): {eval_losses[-1]:.3f} at step {eval_steps[-1]}, "
+                                              f"{eval_losses[0]:.3f} at step {eval_steps[0]}." if eval_steps
+                                              else "")) if losses else "no metrics.jsonl"),
         ("Examples (first test images, greedy captions)", "![examples](examples.png)"),
         ("Time", (f"Machine: {machine}.{total}\n\n| stage | seconds |\n|---|---:|\n{stage_rows}\n\n"
                   f"| evaluation task | seconds |\n|---|---:|\n{eval_rows}")),

@@ -47,7 +47,21 @@ def read_losses(metrics_jsonl: str) -> tuple[list[int], list[float]]:
     return steps, [losses[s] for s in steps]
 
 
-def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, title: str = "training loss") -> str:
+def read_eval_losses(metrics_jsonl: str) -> tuple[list[int], list[float]]:
+    """(steps, held-out losses) of the evaluations a run logged (training/held_out.py)."""
+    losses: dict[int, float] = {}
+    with open(metrics_jsonl, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if "eval/caption_loss" in record and "step" in record:
+                losses[int(record["step"])] = float(record["eval/caption_loss"])
+    steps = sorted(losses)
+    return steps, [losses[s] for s in steps]
+
+
+def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, title: str = "training loss",
+                    eval_steps: Sequence[int] = (), eval_losses: Sequence[float] = ()) -> str:
+    """Training loss per step (and its running mean); held-out losses as points when given."""
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, losses, linewidth=0.8, alpha=0.4, label="per step")
     window = max(1, len(losses) // 50)
@@ -55,6 +69,8 @@ def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, ti
         smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
                   for i in range(len(losses))]
         ax.plot(steps, smooth, linewidth=1.5, label=f"mean of {window}")
+    if eval_steps:
+        ax.plot(eval_steps, eval_losses, "o-", markersize=3, linewidth=1.2, label="held-out")
     ax.set_xlabel("step")
     ax.set_ylabel("caption loss (nats/token)")
     ax.set_title(title)

@@ -127,6 +127,40 @@ class MetricsLogger:
         else:
             log.info(line)
 
+    def evaluation(self, step: int, result: dict) -> None:
+        """Record a held-out evaluation after `step` (training/held_out.py): metrics.jsonl gets its own
+        line ({"step", "eval/caption_loss", ...}: no "loss" key, so loss readers skip it)."""
+        if not self.enabled:
+            return
+        values = {"eval/caption_loss": result["loss"], "eval/tokens": result["tokens"],
+                  "eval/samples": result["samples"], "eval/seconds": result["seconds"]}
+        if self._jsonl:
+            self._jsonl.write(json.dumps({"step": step, **values}, allow_nan=True) + "\n")
+            self._jsonl.flush()
+        if self._tb and math.isfinite(result["loss"]):
+            self._tb.add_scalar("eval/caption_loss", result["loss"], step)
+        if self._wandb:
+            self._wandb.log(values, step=step)
+        self.message(f"eval after step {step}/{self.total} | held-out loss {result['loss']:.4f} over "
+                     f"{result['tokens']:,} tokens of {result['samples']:,} samples | {result['seconds']:.1f} s")
+
+    def end_of_run(self, step: int, result: dict) -> None:
+        """Record the end-of-run zero-shot / probe accuracies (training/end_of_run.py) under eval/."""
+        if not self.enabled:
+            return
+        values = {f"eval/{key}": value for key, value in result.items()}
+        if self._jsonl:
+            self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+            self._jsonl.flush()
+        if self._tb:
+            for key, value in values.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb:
+            self._wandb.log(values, step=step)
+        self.message(f"end-of-run evaluation after step {step}: " + ", ".join(
+            f"{key} {value:.4f}" for key, value in result.items() if key != "seconds")
+            + f" | {result['seconds']:.1f} s")
+
     def message(self, text: str) -> None:
         if self.enabled:
             (self._bar.write if self._bar else log.info)(text)

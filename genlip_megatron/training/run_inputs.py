@@ -44,6 +44,9 @@ def resolve_run_inputs(cfg):
     if cfg.logging.wandb_project and importlib.util.find_spec("wandb") is None:
         errors.append(f"logging.wandb_project={cfg.logging.wandb_project}: wandb is not installed "
                       "(pip install wandb), or leave logging.wandb_project empty")
+    from genlip_megatron.training.end_of_run import input_problems
+
+    errors += input_problems(cfg)
     if errors:
         raise ConfigError(errors)
     if cfg.train.synthetic_data:

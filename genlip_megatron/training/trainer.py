@@ -4,6 +4,7 @@
       run_training(cfg)               needs the parallel state already initialised (tests use pools)
         resume: `latest` in checkpoint.dir, else checkpoint.load (finetune: weights only)
         per step: pull the step's micro-batches -> train_step (step.py) -> metrics (rank 0)
+                  -> every train.eval_interval steps: held-out loss on data.eval_manifest (held_out.py)
                   -> stop after K non-finite steps in a row (EXIT_NONFINITE, no save)
                   -> save every checkpoint.save_interval, at the end, on a `save_now` file, or on
                      SIGTERM/SIGUSR1 (then EXIT_REQUEUE)
@@ -26,9 +27,10 @@ from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
 from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import check
 from genlip_megatron.runtime import device as device_lib
-from genlip_megatron.training import faults
+from genlip_megatron.training import end_of_run, faults
 from genlip_megatron.training.batches import build_batch_source
 from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
+from genlip_megatron.training.held_out import HeldOutLoss
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.model_setup import build_training_modules
 from genlip_megatron.training.run_banner import banner_lines, parameter_count
@@ -44,6 +46,7 @@ class TrainOutcome:
     exit_code: int
     iteration: int  # steps completed (skipped ones included)
     losses: dict[int, float] = field(default_factory=dict)  # step -> global loss
+    eval_losses: dict[int, float] = field(default_factory=dict)  # step -> held-out loss (data.eval_manifest)
     skipped_steps: int = 0
     seconds: dict = field(default_factory=dict)  # phase -> total wall seconds on this rank
     step_seconds: list = field(default_factory=list)  # per step: phase -> wall seconds (benchmarks)
@@ -71,6 +74,7 @@ def _save_requested_by_file(cfg) -> bool:
 
 def run_training(cfg, batch_source=None) -> TrainOutcome:
     """Train until schedule.train_iters (or a stop); parallel state must already be initialised."""
+    resolve_run_inputs(cfg)  # idempotent: train() did it already; pooled tests call this directly
     rank, world = dist.get_rank(), dist.get_world_size()
     device = device_lib.current_device()
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -101,6 +105,8 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
     watchdog = faults.Watchdog(cfg.train.step_timeout_s)
     guard = faults.NonFiniteGuard(cfg.train.max_consecutive_nan_steps)
     logger = MetricsLogger(cfg, enabled=rank == 0, start_step=iteration)
+    held_out = (HeldOutLoss(cfg, dp_rank, dp_size, micro_per_step)
+                if cfg.data.eval_manifest and cfg.train.eval_iters > 0 else None)
     async_queue = None
     if cfg.checkpoint.async_save:
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
@@ -147,6 +153,12 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
                 save_checkpoint(run_dir, iteration, modules, source, counters, cfg, async_queue)
                 seconds["checkpoint"] = time.perf_counter() - start
             watchdog.step_finished()
+            if held_out is not None and not result.stop_requested and held_out.due(iteration):
+                watchdog.step_started(iteration)  # an evaluation that hangs is caught like a step
+                evaluation = held_out.evaluate(modules, device)
+                watchdog.step_finished()
+                outcome.eval_losses[iteration] = evaluation["loss"]
+                logger.evaluation(iteration, evaluation)
             if result.stop_requested:
                 outcome.exit_code = faults.EXIT_REQUEUE
                 outcome.message = (f"stop signal received: finished step {iteration}, "
@@ -161,6 +173,10 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             async_queue.close()
     if outcome.message and rank == 0:
         (log.error if outcome.exit_code == faults.EXIT_NONFINITE else log.warning)(outcome.message)
+    if outcome.exit_code == faults.EXIT_DONE and outcome.losses and iteration == total and end_of_run.wanted(cfg):
+        if rank == 0:  # one process reads the checkpoint just saved; the others wait for it
+            logger.end_of_run(iteration, end_of_run.end_of_run_evaluation(cfg, run_dir))
+        dist.barrier()
     logger.close()
     outcome.iteration, outcome.skipped_steps = iteration, counters["skipped_steps"]
     outcome.seconds = dict(sum((Counter(step) for step in outcome.step_seconds), Counter()))

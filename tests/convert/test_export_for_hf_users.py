@@ -11,8 +11,10 @@ import stat
 import pytest
 
 from genlip_megatron.checkpoint.reader import ConversionError
+from genlip_megatron.config.load import load_config
 from genlip_megatron.convert.to_hf import export_to_hf
 from genlip_megatron.data.dataset_ref import load_tokenizer
+from genlip_megatron.data.tokenizer import end_text_ids
 
 SITE = ["launch.account=secret-acct", "launch.partition=gpu-secret", "launch.qos=vip-qos",
         "launch.setup=module load secret/1"]
@@ -33,15 +35,16 @@ def test_export_carries_the_dataset_tokenizer_with_eos_and_pad_named(exported):
     out = exported["out"]
     tokenizer = load_tokenizer(exported["paths"]["shards"])
     assert (out / "tokenizer.json").read_bytes() == open(tokenizer.path, "rb").read()
+    eos = end_text_ids(tokenizer, load_config("tiny_cpu").data.end_text)[0]  # the run's end of turn
     config = json.loads((out / "tokenizer_config.json").read_text())
-    assert config["eos_token"] == tokenizer.id_to_token(tokenizer.end_ids[-1])
+    assert config["eos_token"] == tokenizer.id_to_token(eos)
     assert config["pad_token"] == tokenizer.id_to_token(tokenizer.pad_id)
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(out)
-    assert hf.eos_token_id == tokenizer.end_ids[-1] and hf.pad_token_id == tokenizer.pad_id
+    assert hf.eos_token_id == eos and hf.pad_token_id == tokenizer.pad_id
     generation = json.loads((out / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == tokenizer.end_ids[-1] and generation["pad_token_id"] == tokenizer.pad_id
+    assert generation["eos_token_id"] == eos and generation["pad_token_id"] == tokenizer.pad_id
 
 
 def test_every_exported_file_is_world_readable_0644(exported):

@@ -47,7 +47,8 @@ def train_in_pool(overrides: list[str], batch_source_factory=None) -> dict:
         source = batch_source_factory(cfg, parallel_state.get_data_parallel_rank(),
                                       parallel_state.get_data_parallel_world_size())
     outcome = run_training(cfg, source)
-    return {"losses": outcome.losses, "exit_code": outcome.exit_code, "iteration": outcome.iteration,
+    return {"losses": outcome.losses, "eval_losses": outcome.eval_losses, "exit_code": outcome.exit_code,
+            "iteration": outcome.iteration,
             "skipped_steps": outcome.skipped_steps, "message": outcome.message}
 
 
