@@ -82,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         return train(cfg, **where)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        if where["rank"] == 0:  # every rank finds the same problem; one copy is enough
+            print(exc, file=sys.stderr)
         return 1

@@ -135,10 +135,21 @@ def _yaml11_hint(value: Any) -> str:
     return ""
 
 
+# Keys that configured nothing and were removed: (the value every config saved before held, why).
+# A saved config (a checkpoint's config.yaml) still loads; any other value is refused with the reason.
+RETIRED: dict[str, tuple[Any, str]] = {
+    "optimizer.name": ("adamw", "removed: AdamW is the only optimizer (megatron-core's, decoupled weight decay)"),
+}
+
+
 def _set(cfg: Config, key: str, value: Any, errors: list[str], where: str) -> None:
     """Type-check `value` for dotted `key` and store it; on failure append a message to errors."""
     prefix = f"{where}: " if where else ""
     annotation = _annotation(key)
+    if key in RETIRED:
+        if value != RETIRED[key][0]:
+            errors.append(f"{prefix}{key}: {RETIRED[key][1]}")
+        return
     if annotation is None:
         errors.append(prefix + _unknown_key(key))
         return

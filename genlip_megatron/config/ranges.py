@@ -227,6 +227,9 @@ LIST_ITEMS: dict[str, Items] = {
     "model.mrope_section": Items(8, number=_amount(1 << 16)),  # the interleaved rule is validate.py's
     "model.decoder_mrope_section": Items(8, number=_amount(1 << 16)),
     "data.crop_scale": Items(2, number=Range(0, 1, low_open=True, interval=True)),
+    # which keys is training/resume_policy.py's to say (it names the ones that can change)
+    "checkpoint.allow_changes": Items(256, text=Text(128, r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*",
+                                                     "a dotted config key, e.g. schedule.train_iters")),
     # pyxis takes SRC[:DST[:FLAGS]] joined by commas: no comma inside one.
     "launch.container_mounts": Items(256, text=Text(4096, r"[^\x00\n\r,]+",
                                                     "SRC[:DST[:FLAGS]] without commas or line breaks")),

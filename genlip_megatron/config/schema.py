@@ -144,6 +144,9 @@ class CheckpointConfig:
     async_save: bool = False
     load: str = ""  # explicit checkpoint to start from (else auto-resume from dir/latest)
     finetune: bool = False  # load weights only (no optimizer, scheduler, sampler state)
+    # Keys whose value may differ from the checkpoint's when resuming, each with a defined meaning
+    # (training/resume_policy.py, docs/training.md "Resume"); any other difference is refused.
+    allow_changes: list[str] = field(default_factory=list)
 
 
 @dataclass

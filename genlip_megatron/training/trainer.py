@@ -2,7 +2,9 @@
 
     train(cfg, rank, world, ...)      init process groups + megatron parallel state, run, tear down
       run_training(cfg)               needs the parallel state already initialised (tests use pools)
-        resume: `latest` in checkpoint.dir, else checkpoint.load (finetune: weights only)
+        resume: `latest` in checkpoint.dir, else checkpoint.load (finetune: weights only); a config that
+                differs from the checkpoint's is refused unless checkpoint.allow_changes names each key
+                (resume_policy.py gives every allowed change its meaning)
         per step: pull the step's micro-batches -> train_step (step.py) -> metrics (rank 0)
                   -> every train.eval_interval steps: held-out loss on data.eval_manifest (held_out.py)
                   -> stop after K non-finite steps in a row (EXIT_NONFINITE, no save)
@@ -22,7 +24,13 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from genlip_megatron.checkpoint.run_dir import check_writable, latest_checkpoint, read_latest, save_now_path
+from genlip_megatron.checkpoint.run_dir import (
+    check_writable,
+    latest_checkpoint,
+    read_latest,
+    read_run_config,
+    save_now_path,
+)
 from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
 from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import check
@@ -33,6 +41,7 @@ from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
 from genlip_megatron.training.held_out import HeldOutLoss
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.model_setup import build_training_modules
+from genlip_megatron.training.resume_policy import ResumePlan, apply_resume_plan, resume_plan
 from genlip_megatron.training.run_banner import banner_lines, parameter_count
 from genlip_megatron.training.run_inputs import resolve_run_inputs
 from genlip_megatron.training.step import current_lr, train_step
@@ -72,6 +81,26 @@ def _save_requested_by_file(cfg) -> bool:
     return False
 
 
+def restore_state(cfg, modules, source) -> tuple[int, dict, str, str | None]:
+    """Resume: (iteration, counters, where it started - for the banner -, checkpoint path or None).
+
+    A difference from the checkpoint's config is refused unless checkpoint.allow_changes names it,
+    and an allowed one gets its meaning after the load (resume_policy.py)."""
+    counters = {"skipped_steps": 0, "consumed_samples": 0}
+    path, weights_only = _resume_path(cfg)
+    if not path:
+        return 0, counters, "fresh", None
+    plan = ResumePlan() if weights_only else resume_plan(read_run_config(path), cfg, path)
+    fresh_data = source.state_dict()
+    restored = load_checkpoint(path, modules, source, finetune=weights_only)
+    apply_resume_plan(plan, cfg, modules, source, fresh_data)
+    iteration = restored.pop("iteration", 0)
+    counters.update(restored)
+    start = (f"{path} at step {iteration}" + (" (weights only)" if weights_only else "")
+             + (f", with {'; '.join(plan.describe())}" if plan.changes else ""))
+    return iteration, counters, start, path
+
+
 def run_training(cfg, batch_source=None) -> TrainOutcome:
     """Train until schedule.train_iters (or a stop); parallel state must already be initialised."""
     resolve_run_inputs(cfg)  # idempotent: train() did it already; pooled tests call this directly
@@ -85,21 +114,17 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
     modules = build_training_modules(cfg)
     shape = ModelShape.from_config(cfg.model, modules.padded_vocab)
     micro_per_step = StepSplit.of(cfg, dp_size).micro_batches
-    counters = {"skipped_steps": 0, "consumed_samples": 0}
-    iteration = 0
-    path, weights_only = _resume_path(cfg)
-    start = "fresh"
-    if path:
-        restored = load_checkpoint(path, modules, source, finetune=weights_only)
-        iteration = restored.pop("iteration", 0)
-        counters.update(restored)
-        start = f"{path} at step {iteration}" + (" (weights only)" if weights_only else "")
+    iteration, counters, start, path = restore_state(cfg, modules, source)
     params = parameter_count([chunk.module for chunk in modules.model])
     if rank == 0:
         for line in banner_lines(cfg, params, world, micro_per_step, start):
             log.info(line)
 
     run_dir, total = cfg.checkpoint.dir, cfg.schedule.train_iters
+    if iteration >= total and rank == 0:
+        log.warning("nothing to train: %s is step %d and schedule.train_iters=%d, so this run is complete. To "
+                    "train longer, raise schedule.train_iters and name it: "
+                    "checkpoint.allow_changes=[schedule.train_iters]", path, iteration, total)
     peak = mfu_peak_tflops(cfg.train.device, cfg.train.precision)
     signals = faults.StopSignals().install()
     watchdog = faults.Watchdog(cfg.train.step_timeout_s)

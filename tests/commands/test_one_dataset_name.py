@@ -33,6 +33,12 @@ def test_eval_and_caption_from_another_directory_need_no_tokenizer(trained):
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((trained["elsewhere"] / "out" / "results.json").read_text())
     assert results["model"]["caption_tokens"] > 0 and results["model"]["caption_loss"] > 0
+    # the dataset folder itself names the samples of the run's held-out loss
+    done = genlip(["eval", "--checkpoint", run, "--test", trained["paths"]["shards"], "--eval-iters", "2",
+                   "--json", "out/held_out.json"], cwd=str(trained["elsewhere"]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    held_out = json.loads((trained["elsewhere"] / "out" / "held_out.json").read_text())["model"]
+    assert held_out["held_out_tokens"] > 0 and held_out["held_out_loss"] > 0
     image = os.path.join(os.path.dirname(test), "images", sorted(os.listdir(os.path.join(os.path.dirname(test),
                                                                                         "images")))[0])
     done = genlip(["caption", image, "--checkpoint", run, "--max-new-tokens", "4"], cwd=str(trained["elsewhere"]))

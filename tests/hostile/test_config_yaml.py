@@ -120,7 +120,7 @@ VALUES = {
     "octal_override": ("train.seed=010", "train.seed: expected int, got str '010' (YAML 1.1"),
     "deep_override": ("model.mrope_section=" + "[" * 5000 + "]" * 5000, "nested deeper than 64 levels"),
     "bomb_override": ("model.mrope_section=" + _bomb(9).replace("\n", ", ").join("{}"), "once aliases are expanded"),
-    "unknown_optimizer": ("optimizer.name=sgd", "unknown key 'optimizer.name'"),
+    "unknown_optimizer": ("optimizer.name=sgd", "optimizer.name: removed: AdamW is the only optimizer"),
     "job_name_escapes_the_log_folder": ("launch.job_name=../../x", "launch.job_name='../../x' must be a plain name"),
     "partition_with_newline": ("launch.partition=gpu\n#SBATCH --wrap=x", "launch.partition="),
     "checkpoint_dir_with_newline": ("checkpoint.dir=runs/a\nb", "checkpoint.dir='runs/a\\nb' must be a path"),
