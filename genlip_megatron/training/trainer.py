@@ -119,6 +119,8 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
     if rank == 0:
         for line in banner_lines(cfg, params, world, micro_per_step, start):
             log.info(line)
+        if path:  # one line to grep for in a requeued job's log
+            log.info("resumed from %s", start)
 
     run_dir, total = cfg.checkpoint.dir, cfg.schedule.train_iters
     if iteration >= total and rank == 0:

@@ -129,6 +129,7 @@ def test_a_complete_run_says_so_and_trains_nothing(tmp_path):
                   cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]
     assert "nothing to train" in done.stderr and "this run is complete" in done.stderr
+    assert done.stderr.count(f"resumed from {run}/iter_0000004 at step 4") == 1  # rank 0's one line
     assert "checkpoint.allow_changes=[schedule.train_iters]" in done.stderr
     assert [m["step"] for m in read_metrics(str(run)) if "loss" in m] == [1, 2, 3, 4]
 
