@@ -33,7 +33,9 @@ def train_tiny(run_dir: str, steps: int) -> dict:
     from genlip_megatron.config.load import load_config
     from genlip_megatron.training.trainer import run_training
 
-    cfg = load_config("tiny_cpu", TINY + [f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}"])
+    # a resume that trains longer names the change (training/resume_policy.py); a fresh run ignores it
+    cfg = load_config("tiny_cpu", TINY + [f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
+                                          "checkpoint.allow_changes=[schedule.train_iters]"])
     outcome = run_training(cfg)
     return {"exit_code": outcome.exit_code, "losses": outcome.losses}
 

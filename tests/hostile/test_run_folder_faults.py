@@ -206,7 +206,8 @@ def _genlip_train(run_dir, steps: int) -> subprocess.CompletedProcess:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(name, None)
     return subprocess.run([sys.executable, "-m", "genlip_megatron.cli", "train", "tiny_cpu", *TINY,
-                           f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}"],
+                           f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
+                           "checkpoint.allow_changes=[schedule.train_iters]"],
                           capture_output=True, text=True, timeout=280, env=env)
 
 
