@@ -4,7 +4,7 @@
         latest                 "iter_0001000\n": the newest COMPLETE checkpoint (atomic replace)
         iter_0001000/          megatron dist_checkpointing (torch_dist) + config.yaml
         iter_0000500/
-        metrics.jsonl          one JSON line per step (rank 0)
+        metrics.jsonl          one JSON line per step, and one per evaluation (rank 0)
         tensorboard/           (unless logging.tensorboard_dir says otherwise)
         save_now               touch it: the trainer checkpoints after the current step
         slurm/                 job scripts and logs (unless launch.log_dir says otherwise)

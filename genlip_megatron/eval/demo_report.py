@@ -56,6 +56,7 @@ def _training_speed(run_dir: str) -> dict:
     samples = seconds = 0.0
     with open(run_layout.metrics_path(run_dir), encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if "seconds_per_step" in r]  # training steps, not evaluation lines
     for record in records[len(records) // 10:]:  # the first tenth warms up (compilation, DALI)
         samples += record["samples"]
         seconds += record["seconds_per_step"]
