@@ -31,5 +31,6 @@ def test_demo_trains_fixed_steps_and_reports_the_plain_reference(tmp_path):
     report = (out / "report.md").read_text()
     assert "plain PyTorch loop (HF model), 3 steps of 64" in report and "same run at step 3" in report
     assert "Whole demo:" in report and "Training speed" in report
+    assert "Held-out caption loss logged during training" in report  # data.eval_manifest = the test split
     for name in ("trained", "trained_early", "reference"):
         assert 0.0 <= results["results"][name]["zero_shot_sum"] <= 1.0
