@@ -39,6 +39,7 @@ FREE: frozenset[str] = frozenset({
     "train.eval_interval", "train.eval_iters", "train.eval_labelled_images",
     "data.eval_manifest", "data.eval_labelled", "data.eval_zero_shot", "data.eval_probe_train",
     "data.num_workers", "data.num_threads", "data.decoder_device",
+    "data.max_bad_fraction",  # when to give up on bad samples, not which samples are read
     "model.recompute", "model.recompute_num_layers", "model.attention",  # the same math, computed differently
 })
 FINETUNE_HINT = ("start a new run from its weights instead (checkpoint.load=<checkpoint> "
