@@ -3,8 +3,8 @@
 The tiny model (fused attention, 32-token packs, each cut into 2 x 8 chunks) trains 4 steps from the
 same seed at CP1 (one rank) and CP2 (two ranks over gloo, and two CP2 replicas at DP2): the loss of
 every step, which after the first depends on every earlier update (so on every gradient), agrees
-within 1e-5. A checkpoint saved at CP2 resumes at CP1 (and one saved at CP1 at CP2) with the next
-loss of the uninterrupted run.
+within 1e-5, also with DropPath on (CP ranks draw the same keep factors). A checkpoint saved at CP2
+resumes at CP1 (and one saved at CP1 at CP2) with the next losses of the uninterrupted run.
 """
 
 import pytest
@@ -33,6 +33,15 @@ def test_every_step_loss_at_cp2_equals_the_single_rank_run(single_rank, world):
     assert sorted(losses) == [1, 2, 3, 4]
     assert max(abs(losses[i] - single_rank[i]) for i in losses) <= TOLERANCE, (losses, single_rank)
     assert len({round(x, 3) for x in losses.values()}) == 4  # it trains: the loss moves every step
+
+
+def test_the_ranks_of_a_context_parallel_group_drop_the_same_paths(single_rank):
+    # DropPath draws one keep factor per packed sequence from the default generator: every CP rank
+    # must draw the same ones, as the single rank does, or the halves of a sequence would disagree.
+    drop = ["model.drop_path_rate=0.3"]
+    single, split = _train(1, 1, drop)["losses"], _train(2, 2, drop)["losses"]
+    assert max(abs(split[i] - single[i]) for i in single) <= TOLERANCE, (split, single)
+    assert max(abs(single[i] - single_rank[i]) for i in single) > 1e-3  # paths were dropped
 
 
 @pytest.mark.parametrize("save_cp, resume_cp", [(2, 1), (1, 2)])
