@@ -152,8 +152,9 @@ def prefix_lm_context_attention(q, k, v, spans, queries, scale: float, kernel=No
     out = torch.zeros_like(q)
     # image queries: every image query of a sample sees the sample's image keys
     image_q, image_k = _ranges(first_image, first_text), _ranges(starts, text_starts)
-    out[image_q] = kernel(q[image_q], k[image_k], v[image_k], _cu(first_text - first_image),
-                          _cu(text_starts - starts), False, scale)
+    if image_q.numel():  # a rank may hold no image query (only captions or padding): no empty kernel call
+        out[image_q] = kernel(q[image_q], k[image_k], v[image_k], _cu(first_text - first_image),
+                              _cu(text_starts - starts), False, scale)
     # text queries: one causal segment per run of consecutive positions inside one sample's text
     text_q = _ranges(first_text, past_end)
     if text_q.numel():

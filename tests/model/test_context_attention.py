@@ -15,8 +15,15 @@ from genlip_megatron.hf.masks import prefix_lm_allowed
 from genlip_megatron.model.context_attention import prefix_lm_context_attention
 from genlip_megatron.model.varlen_attention import prefix_lm_spans, varlen_attention_reference
 
+
+def _no_empty_calls(q, k, v, cu_q, cu_k, causal, scale):
+    """The reference kernel, refusing what flash varlen cannot take: no query at all."""
+    assert q.shape[0] > 0, "a varlen kernel call without queries"
+    return varlen_attention_reference(q, k, v, cu_q, cu_k, causal, scale)
+
+
 PATHS = {"cpu_blocks": prefix_lm_context_attention,
-         "varlen_decomposition": partial(prefix_lm_context_attention, kernel=varlen_attention_reference)}
+         "varlen_decomposition": partial(prefix_lm_context_attention, kernel=_no_empty_calls)}
 ROWS = [[(3, 4, 9), (2, 3, 8), (1, 1, 2)], [(4, 4, 12), (3, 3, 7)]]  # (4, 4, 12): 28 tokens > S / 2
 SEQ, HEADS, DIM = 48, 3, 8
 
@@ -35,9 +42,12 @@ def _dense(b, q, k, v):
     return out.transpose(1, 2).reshape(-1, HEADS, DIM)
 
 
-def _subsets(spans):
+def _subsets(spans, b):
     yield from context_positions(spans, len(ROWS), SEQ, 2, 3)  # the CP2 split, 3 chunks per rank
     yield from context_positions(spans, len(ROWS), SEQ, 4, 2)
+    text = ((b["segment_ids"] >= 0) & ~b["is_image"]).reshape(-1)
+    yield text.nonzero().squeeze(1)  # a rank holding captions only: no image query
+    yield text.nonzero().squeeze(1)[:5]  # a few caption tokens of one sample
     g = torch.Generator().manual_seed(3)
     yield torch.randperm(len(ROWS) * SEQ, generator=g)[:30].sort().values  # scattered single positions
     yield torch.arange(len(ROWS) * SEQ)  # every position (CP = 1)
@@ -47,7 +57,7 @@ def _subsets(spans):
 def test_query_subsets_see_exactly_their_dense_mask_rows(path):
     b, spans, q, k, v = _inputs()
     real = (b["segment_ids"] >= 0).reshape(-1)
-    for queries in _subsets(spans):
+    for queries in _subsets(spans, b):
         qs, ks, vs = (t.clone().requires_grad_(True) for t in (q[queries], k, v))
         out = PATHS[path](qs, ks, vs, spans, queries, 1 / math.sqrt(DIM))
         grad = torch.randn_like(out) * real[queries][:, None, None]
