@@ -14,7 +14,7 @@ The mask in terms of the gathered stream, per sample (start, text start, end):
     text splits into several runs when other ranks hold positions in between.
 With all positions on one rank this is exactly the two-attention decomposition of
 model/varlen_attention.py, and the segments run through the same kernel on CUDA (flash-attention
-varlen). On CPU, as there, the samples become one padded batch under one SDPA call
+varlen). On CPU, as there, the samples become padded batches, one SDPA call per size bucket
 (`context_block_attention`): a block holds the sample's queries on this rank against all its keys,
 with the prefix-LM mask written in terms of each query's offset in its sample.
 """
@@ -44,7 +44,7 @@ class ContextParallelParams(PackedSeqParams):
     positions: torch.Tensor = None
     order: torch.Tensor = None
     rank: int = 0
-    _blocks: tuple = field(default=None, repr=False)  # (spans, context_blocks(...)) of the last call
+    _blocks: tuple = field(default=None, repr=False)  # (spans, QueryBlocks) of the last call
 
     @classmethod
     def build(cls, positions: torch.Tensor, rank: int, group) -> ContextParallelParams:
@@ -58,7 +58,7 @@ class ContextParallelParams(PackedSeqParams):
         """int64 [T']: the positions of this rank's queries (ascending)."""
         return self.positions[self.rank]
 
-    def blocks(self, spans: torch.Tensor) -> tuple:
+    def blocks(self, spans: torch.Tensor) -> QueryBlocks:
         """`context_blocks(spans, self.queries)`, computed once for all layers of a forward (and
         their recompute and backward): the same params and spans reach every layer."""
         if self._blocks is None or self._blocks[0] is not spans:
@@ -77,55 +77,80 @@ def gather_keys_values(key: torch.Tensor, value: torch.Tensor, params: ContextPa
     return ordered[..., :d], ordered[..., d:]
 
 
-def context_blocks(spans: torch.Tensor, queries: torch.Tensor):
-    """The padded per-sample layout of a query subset (the CPU path).
+@dataclass(frozen=True)
+class QueryBlocks:
+    """The padded per-sample layout of a query subset (the CPU path), one dense batch per bucket.
 
-    Args:
-        spans: int64 [K, 3] of every sample; queries: int64 [T'] ascending flattened positions.
-    Returns, over the K' samples that hold at least one query (Lq, Lk: most queries, most keys):
-        q_gather int64 [K' * Lq]: the query (index into `queries`) of each slot; padding slots repeat
-            the sample's first query;
-        k_gather int64 [K' * Lk]: the position of each key slot; padding slots repeat the first key;
-        scatter int64 [T']: the slot of each query (queries of no sample, i.e. pack padding, read
-            slot 0: nothing reads their output);
-        allowed bool [K', 1, Lq, Lk]: image keys for every query, and text keys up to the query's own
-            offset in its sample; padding key slots for nobody.
+    A block is one sample that holds at least one of the queries: its queries on this rank against all
+    its keys. Blocks are bucketed by (ceil log2 of their query count, ceil log2 of their key count), so
+    a bucket pads its blocks to at most twice their size either way; bucket g holds K_g blocks of Lq_g
+    query slots and Lk_g key slots.
+
+    q_gathers[g]: int64 [K_g * Lq_g], the query (index into `queries`) of each slot; padding slots
+        repeat the block's first query (their outputs are dropped).
+    k_gathers[g]: int64 [K_g * Lk_g], the position of each key slot; padding slots repeat the first key.
+    allowed[g]: bool [K_g, 1, Lq_g, Lk_g]: image keys for every query, and text keys up to the query's
+        own offset in its sample; padding key slots for nobody (no row is empty: key slot 0 is an
+        image key, or the sample's first text token, which every query of the sample sees).
+    scatter: int64 [T'], each query's slot in the concatenation of all buckets' query slots; queries
+        of no sample (pack padding) read slot 0 (nothing reads their output).
     """
+
+    q_gathers: tuple
+    k_gathers: tuple
+    allowed: tuple
+    scatter: torch.Tensor
+
+
+def context_blocks(spans: torch.Tensor, queries: torch.Tensor) -> QueryBlocks:
+    """The QueryBlocks of `queries` (int64 [T'], ascending flattened positions) in a pack of `spans`."""
     starts, text_starts, ends = spans.T.contiguous().unbind(0)  # contiguous rows for searchsorted
     first, past = torch.searchsorted(queries, starts), torch.searchsorted(queries, ends)
     keep = past > first
     starts, text_starts, ends, first, past = (t[keep] for t in (starts, text_starts, ends, first, past))
     q_len, k_len = past - first, ends - starts
-    blocks = len(starts)
-    q_slots = torch.arange(int(q_len.max()) if blocks else 0, device=spans.device)
-    k_slots = torch.arange(int(k_len.max()) if blocks else 0, device=spans.device)
-    q_valid = q_slots[None, :] < q_len[:, None]
-    q_gather = torch.where(q_valid, first[:, None] + q_slots[None, :], first[:, None])
-    q_offset = queries[q_gather] - starts[:, None]  # [K', Lq]
-    k_valid = k_slots[None, :] < k_len[:, None]
-    k_gather = torch.where(k_valid, starts[:, None] + k_slots[None, :], starts[:, None])
-    image_key = k_slots[None, None, :] < (text_starts - starts)[:, None, None]
-    earlier = k_slots[None, None, :] <= q_offset[:, :, None]
-    allowed = (image_key | earlier) & k_valid[:, None, :]
-    scatter = torch.zeros(len(queries), dtype=torch.long, device=spans.device)
-    flat_valid = q_valid.reshape(-1)
-    scatter[q_gather.reshape(-1)[flat_valid]] = torch.arange(blocks * len(q_slots), device=spans.device)[flat_valid]
-    return q_gather.reshape(-1), k_gather.reshape(-1), scatter, allowed.unsqueeze(1)
+    device = spans.device
+    scatter = torch.zeros(len(queries), dtype=torch.long, device=device)
+    log2 = [torch.ceil(torch.log2(n.clamp(min=1).double())).long() for n in (q_len, k_len)]
+    buckets = log2[0] * 64 + log2[1]
+    q_gathers, k_gathers, allowed, offset = [], [], [], 0
+    for bucket in torch.unique(buckets).tolist():
+        rows = torch.nonzero(buckets == bucket).squeeze(1)
+        start, n_q, n_k, n_img, head = starts[rows], q_len[rows], k_len[rows], (text_starts - starts)[rows], first[rows]
+        q_slots = torch.arange(int(n_q.max()), device=device)
+        k_slots = torch.arange(int(n_k.max()), device=device)
+        q_valid = q_slots[None, :] < n_q[:, None]
+        q_gather = torch.where(q_valid, head[:, None] + q_slots[None, :], head[:, None])
+        q_offset = queries[q_gather] - start[:, None]  # [K_g, Lq_g]
+        k_valid = k_slots[None, :] < n_k[:, None]
+        k_gathers.append(torch.where(k_valid, start[:, None] + k_slots[None, :], start[:, None]).reshape(-1))
+        image_key = k_slots[None, None, :] < n_img[:, None, None]
+        earlier = k_slots[None, None, :] <= q_offset[:, :, None]
+        allowed.append(((image_key | earlier) & k_valid[:, None, :]).unsqueeze(1))
+        flat_valid = q_valid.reshape(-1)
+        q_gathers.append(q_gather.reshape(-1))
+        scatter[q_gathers[-1][flat_valid]] = offset + torch.arange(q_gather.numel(), device=device)[flat_valid]
+        offset += q_gather.numel()
+    return QueryBlocks(tuple(q_gathers), tuple(k_gathers), tuple(allowed), scatter)
 
 
 def context_block_attention(q, k, v, spans, queries, scale: float, blocks=None) -> torch.Tensor:
-    """Prefix-LM attention of a query subset as one SDPA call over padded samples (CPU path).
+    """Prefix-LM attention of a query subset as one SDPA call per bucket of padded samples (CPU path).
     Args and result as `prefix_lm_context_attention` (pack padding holds an arbitrary finite value);
     blocks: `context_blocks(spans, queries)` when the caller has it already."""
     _, heads, dim = q.shape
-    q_gather, k_gather, scatter, allowed = blocks if blocks is not None else context_blocks(spans, queries)
-    blocks, q_width, k_width = allowed.shape[0], allowed.shape[2], allowed.shape[3]
-    if blocks == 0:  # this rank holds only pack padding
+    blocks = blocks if blocks is not None else context_blocks(spans, queries)
+    if not blocks.allowed:  # this rank holds only pack padding
         return q * 0
-    qb = q.index_select(0, q_gather).view(blocks, q_width, heads, dim).transpose(1, 2)
-    kb, vb = (t.index_select(0, k_gather).view(blocks, k_width, heads, dim).transpose(1, 2) for t in (k, v))
-    o = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, scale=scale)
-    return o.transpose(1, 2).reshape(blocks * q_width, heads, dim).index_select(0, scatter)
+    outputs = []
+    for q_gather, k_gather, allowed in zip(blocks.q_gathers, blocks.k_gathers, blocks.allowed):
+        rows, q_width, k_width = allowed.shape[0], allowed.shape[2], allowed.shape[3]
+        qb = q.index_select(0, q_gather).view(rows, q_width, heads, dim).transpose(1, 2)
+        kb, vb = (t.index_select(0, k_gather).view(rows, k_width, heads, dim).transpose(1, 2) for t in (k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=allowed, scale=scale)
+        outputs.append(o.transpose(1, 2).reshape(rows * q_width, heads, dim))
+    flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return flat.index_select(0, blocks.scatter)
 
 
 def prefix_lm_context_attention(q, k, v, spans, queries, scale: float, kernel=None, blocks=None) -> torch.Tensor:

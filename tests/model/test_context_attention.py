@@ -82,7 +82,9 @@ def test_the_cpu_layout_is_built_once_per_forward_and_again_for_another_pack():
     params = ContextParallelParams.build(positions, rank=1, group=None)
     first = params.blocks(spans)
     assert params.blocks(spans) is first  # every layer of the forward reuses it
-    assert all(torch.equal(a, b) for a, b in zip(first, context_blocks(spans, positions[1])))
+    again = context_blocks(spans, positions[1])
+    assert torch.equal(first.scatter, again.scatter) and len(first.allowed) == len(again.allowed)
+    assert all(torch.equal(a, b) for a, b in zip(first.allowed + first.q_gathers, again.allowed + again.q_gathers))
     other = spans.clone()
     assert params.blocks(other) is not first
     queries = positions[1]
