@@ -4,12 +4,13 @@ The tiny model (fused attention, 32-token packs, each cut into 2 x 8 chunks) tra
 same seed at CP1 (one rank) and CP2 (two ranks over gloo, and two CP2 replicas at DP2): the loss of
 every step, which after the first depends on every earlier update (so on every gradient), agrees
 within 1e-5, also with DropPath on (CP ranks draw the same keep factors). A checkpoint saved at CP2
-resumes at CP1 (and one saved at CP1 at CP2) with the next losses of the uninterrupted run.
+resumes at CP1 (and one saved at CP1 at CP2) with the next losses of the uninterrupted run. And
+`genlip train` itself, as two real processes over gloo, trains at CP2 with the same losses.
 """
 
 import pytest
 from multiproc import run_on_ranks
-from tiny_runs import train_in_pool
+from tiny_runs import RankProcesses, read_metrics, train_in_pool
 
 TOLERANCE = 1e-5
 FUSED = ["model.attention=fused", "schedule.train_iters=4"]
@@ -53,3 +54,14 @@ def test_a_checkpoint_resumes_under_another_context_parallel_size(tmp_path, sing
     assert sorted(resumed["losses"]) == [3, 4], "the resumed run must start after the loaded step 2"
     for step in (3, 4):
         assert abs(resumed["losses"][step] - single_rank[step]) <= TOLERANCE, (resumed, single_rank)
+
+
+def test_genlip_train_runs_context_parallel_as_two_real_processes(tmp_path, single_rank):
+    run_dir = tmp_path / "run"
+    procs = RankProcesses(2, FUSED + ["parallel.context_parallel_size=2", f"checkpoint.dir={run_dir}"],
+                          str(tmp_path / "logs"))
+    assert procs.wait() == [0, 0], procs.tail()
+    assert "x CP2 x DP1" in procs.log(0)  # the banner states the layout
+    losses = {m["step"]: m["loss"] for m in read_metrics(str(run_dir)) if "loss" in m}
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert max(abs(losses[i] - single_rank[i]) for i in losses) <= TOLERANCE, (losses, single_rank)
