@@ -9,6 +9,7 @@ import os
 
 import pytest
 from fmnist_run import TINY_REAL, build_dataset
+from held_out_runs import held_out_after_load
 from multiproc import run_on_ranks
 from tiny_runs import train_in_pool
 
@@ -78,6 +79,21 @@ def test_logged_held_out_loss_equals_offline_eval_of_the_checkpoint(runs, data, 
     command = json.loads(out.read_text())["model"]
     assert abs(command["held_out_loss"] - result["eval_losses"][4]) < TOLERANCE
     assert result["eval_losses"][4] < result["eval_losses"][2]  # it measures something that moves
+
+
+@pytest.mark.parametrize("layout", [dict(tp=2), dict(pp=2), dict(cp=2)], ids=lambda d: "".join(f"{k}{v}" for k, v in d.items()))
+def test_the_held_out_loss_is_the_same_under_another_layout(runs, data, layout):
+    """The DP2 run's logged loss at step 2 == its checkpoint evaluated by the loop at TP2, PP2 or CP2."""
+    result = runs["with_eval"]
+    keys = {"tp": "tensor_model_parallel_size", "pp": "pipeline_model_parallel_size", "cp": "context_parallel_size"}
+    overrides = _overrides(data, result["run_dir"], with_eval=True) + [
+        "checkpoint.dir=", f"checkpoint.load={result['run_dir'] / 'iter_0000002'}", "checkpoint.finetune=true",
+        *(f"parallel.{keys[k]}={v}" for k, v in layout.items())]
+    got = run_on_ranks(2, held_out_after_load, overrides, timeout=600, **layout)
+    assert len({g["loss"] for g in got}) == 1  # every rank gets the global number
+    logged = [json.loads(line) for line in open(result["run_dir"] / "metrics.jsonl") if "eval/caption_loss" in line][0]
+    assert abs(got[0]["loss"] - result["eval_losses"][2]) < TOLERANCE
+    assert (got[0]["tokens"], got[0]["samples"]) == (logged["eval/tokens"], logged["eval/samples"])
 
 
 def test_evaluating_leaves_the_training_stream_and_its_resume_state_unchanged(runs):
