@@ -7,13 +7,17 @@ config's own cross-field checks (validate.py) run here too, with the world size 
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
+from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.schema import Config
 from genlip_megatron.config.validate import validate
 from genlip_megatron.data.dataset_ref import checked_vocab_size, dataset_tokenizer_file
 from genlip_megatron.data.tokenizer import Tokenizer
+from genlip_megatron.training.resume_policy import resume_problems
+from genlip_megatron.training.run_inputs import resolve_run_inputs
 
 # sbatch --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -62,6 +66,17 @@ def _dataset_problems(cfg: Config, key: str, ref: str) -> list[str]:
     return []
 
 
+def _resume_problems(cfg: Config) -> list[str]:
+    """A resubmission whose config differs from its checkpoint's, or whose run is complete, is refused
+    here rather than after the queue wait (training/resume_policy.py says what may change)."""
+    resolved = copy.deepcopy(cfg)
+    try:
+        resolve_run_inputs(resolved)  # the checkpoint saved the resolved config: compare like with like
+    except ConfigError:
+        return []  # the dataset checks report why
+    return resume_problems(resolved)
+
+
 def _path_problems(cfg: Config) -> list[str]:
     out = []
     if not cfg.checkpoint.dir:
@@ -77,6 +92,8 @@ def _path_problems(cfg: Config) -> list[str]:
         out += _dataset_problems(cfg, "data.eval_manifest", cfg.data.eval_manifest)
     if cfg.checkpoint.load and not os.path.exists(cfg.checkpoint.load):
         out.append(f"checkpoint.load={cfg.checkpoint.load}: no such checkpoint")
+    elif not out:
+        out += _resume_problems(cfg)
     return out
 
 

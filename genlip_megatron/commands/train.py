@@ -53,12 +53,17 @@ def launch_environment(env: dict) -> dict:
 def _dry_run(cfg, world_size: int) -> int:
     from genlip_megatron.config.load import dump_config
     from genlip_megatron.config.validate import check
+    from genlip_megatron.training.resume_policy import resume_problems
     from genlip_megatron.training.run_inputs import resolve_run_inputs
 
     try:
         check(resolve_run_inputs(cfg), world_size)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    problems = resume_problems(cfg)  # what resuming from checkpoint.dir / checkpoint.load would refuse
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
         return 1
     sys.stdout.write(dump_config(cfg))
     return 0

@@ -20,6 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from genlip_megatron.checkpoint.run_dir import (
+    CheckpointError,
+    iteration_of,
+    latest_checkpoint,
+    read_run_config,
+)
 from genlip_megatron.config.load import ConfigError, config_to_dict
 
 ALLOWABLE: dict[str, str] = {
@@ -98,6 +104,38 @@ def resume_plan(saved, current, checkpoint: str) -> ResumePlan:
                          f"{FINETUNE_HINT}")
         raise ConfigError(lines)
     return ResumePlan(changes)
+
+
+def resume_source(cfg) -> tuple[str | None, bool]:
+    """(checkpoint to load, weights only?): this run's own latest complete checkpoint wins over
+    checkpoint.load (run_dir.latest_checkpoint falls back past a missing or partial one)."""
+    own = latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
+    if own:
+        return own, False
+    return (cfg.checkpoint.load or None), cfg.checkpoint.finetune
+
+
+def resume_problems(cfg) -> list[str]:
+    """What a run of `cfg` (resolved: training/run_inputs.py) would refuse when it resumes, found before
+    it starts (genlip submit, genlip train --dry-run): the config diff, or a run that is already complete."""
+    try:
+        path, weights_only = resume_source(cfg)
+        if not path or weights_only:
+            return []
+        resume_plan(read_run_config(path), cfg, path)
+    except ConfigError as exc:
+        return exc.errors
+    except CheckpointError as exc:
+        return [str(exc)]
+    try:
+        done = iteration_of(path)
+    except ValueError:  # not an iter_* folder name: the trainer reads its step from the checkpoint
+        return []
+    if done >= cfg.schedule.train_iters:
+        return [f"{path} is step {done} and schedule.train_iters={cfg.schedule.train_iters}: this run is "
+                "complete, nothing to train. To train longer, raise schedule.train_iters and name it: "
+                "checkpoint.allow_changes=[schedule.train_iters]"]
+    return []
 
 
 def apply_resume_plan(plan: ResumePlan, cfg, modules, batch_source, fresh_data_state: dict) -> None:

@@ -26,7 +26,6 @@ from megatron.core import parallel_state
 
 from genlip_megatron.checkpoint.run_dir import (
     check_writable,
-    latest_checkpoint,
     read_latest,
     read_run_config,
     save_now_path,
@@ -41,7 +40,7 @@ from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
 from genlip_megatron.training.held_out import HeldOutLoss
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.model_setup import build_training_modules
-from genlip_megatron.training.resume_policy import ResumePlan, apply_resume_plan, resume_plan
+from genlip_megatron.training.resume_policy import ResumePlan, apply_resume_plan, resume_plan, resume_source
 from genlip_megatron.training.run_banner import banner_lines, parameter_count
 from genlip_megatron.training.run_inputs import resolve_run_inputs
 from genlip_megatron.training.step import current_lr, train_step
@@ -64,15 +63,6 @@ class TrainOutcome:
     message: str = ""
 
 
-def _resume_path(cfg) -> tuple[str | None, bool]:
-    """(checkpoint to load, weights only?): this run's own latest complete checkpoint wins over
-    checkpoint.load (run_dir.latest_checkpoint falls back past a missing or partial one)."""
-    own = latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.dir else None
-    if own:
-        return own, False
-    return (cfg.checkpoint.load or None), cfg.checkpoint.finetune
-
-
 def _save_requested_by_file(cfg) -> bool:
     path = save_now_path(cfg.checkpoint.dir) if cfg.checkpoint.dir else ""
     if path and dist.get_rank() == 0 and os.path.exists(path):
@@ -87,7 +77,7 @@ def restore_state(cfg, modules, source) -> tuple[int, dict, str, str | None]:
     A difference from the checkpoint's config is refused unless checkpoint.allow_changes names it,
     and an allowed one gets its meaning after the load (resume_policy.py)."""
     counters = {"skipped_steps": 0, "consumed_samples": 0}
-    path, weights_only = _resume_path(cfg)
+    path, weights_only = resume_source(cfg)
     if not path:
         return 0, counters, "fresh", None
     plan = ResumePlan() if weights_only else resume_plan(read_run_config(path), cfg, path)

@@ -61,6 +61,17 @@ def test_an_unallowed_change_is_refused_with_the_key_by_key_diff(tmp_path):
     assert lines[5].startswith("model.ffn_hidden_size cannot change when resuming")
     assert len(lines) == 6  # one copy, from rank 0's process
     assert [m["step"] for m in read_metrics(str(run))] == [1, 2, 3, 4]  # nothing trained
+    # found before a job waits in the queue, and before a dry run says yes
+    dry = genlip([*args, "--dry-run"], cwd=str(tmp_path))
+    assert dry.returncode == 1 and dry.stderr.strip().splitlines()[-6:] == lines, dry.stderr[-2000:]
+    submit = ["submit", *args[1:], "launch.gpus_per_node=2", "launch.cpus_per_rank=1", "--dry-run"]
+    done = genlip(submit, cwd=str(tmp_path))
+    assert done.returncode == 2
+    assert [line.removeprefix("genlip submit: ") for line in done.stderr.strip().splitlines()[-6:]] == lines
+    allowed = [*submit[:-1], "checkpoint.allow_changes=[optimizer.lr,schedule.train_iters]", "model.ffn_hidden_size=64",
+               "--dry-run"]
+    done = genlip(allowed, cwd=str(tmp_path))
+    assert done.returncode == 0 and "#SBATCH" in done.stdout, done.stderr[-2000:]
     with pytest.raises(RankError, match="model.hidden_size cannot change when resuming"):
         run_on_ranks(2, train_in_pool, BASE + [f"checkpoint.dir={run}", "schedule.train_iters=4",
                                                "checkpoint.allow_changes=[model.hidden_size]"], timeout=600)
@@ -132,6 +143,9 @@ def test_a_complete_run_says_so_and_trains_nothing(tmp_path):
     assert done.stderr.count(f"resumed from {run}/iter_0000004 at step 4") == 1  # rank 0's one line
     assert "checkpoint.allow_changes=[schedule.train_iters]" in done.stderr
     assert [m["step"] for m in read_metrics(str(run)) if "loss" in m] == [1, 2, 3, 4]
+    done = genlip(["submit", "tiny_cpu", *TINY, *BASE, f"checkpoint.dir={run}", "schedule.train_iters=4",
+                   "launch.gpus_per_node=2", "launch.cpus_per_rank=1", "--dry-run"], cwd=str(tmp_path))
+    assert done.returncode == 2 and "this run is complete, nothing to train" in done.stderr, done.stderr[-2000:]
 
 
 def test_no_preset_shares_a_default_run_folder():
