@@ -2,14 +2,14 @@
 
 A layout is rejected, with its reason, when the config's own checks refuse it (validate.py: heads
 not divisible by TP, layers by PP x VPP, the global batch by micro-batch x DP, CP without TE...),
-when TP leaves a node's NVLink domain, or when its memory estimate (memory.py) exceeds the GPU's
-usable memory. The rest are ranked by estimated step time.
+when TP leaves a node's NVLink domain, or when its memory estimate (the objective's, through memory.py)
+exceeds the GPU's usable memory. The rest are ranked by estimated step time.
 
 Step time (hardware.py states every number it uses):
     compute   model FLOPs x (4/3 under full recompute) / GPUs / (peak x matmul efficiency)
     bubble    compute x (p - 1) / (m v)                       (1F1B; v = VPP chunks, m micro-batches)
     TP        4 collectives per layer and micro-batch (6 with full recompute), each moving
-              2 (t-1)/t x tokens x H x bytes, over NVLink; not overlapped
+              2 (t-1)/t x tokens x width x bytes of that layer, over NVLink; not overlapped
     PP        one activation send forward and one gradient send back per micro-batch and stage
     DP        reduce-scatter of fp32 grads + all-gather of params, (d-1)/d x local bytes each, over the
               network (NVLink when the DP group fits in a node); partly hidden (see Assumptions)
@@ -21,39 +21,21 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from genlip_megatron.config.schema import Config, padded_vocab_size
+from genlip_megatron.config.schema import Config
 from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import validate
+from genlip_megatron.objectives import registry
+from genlip_megatron.objectives.planning import element_bytes
 from launch.hardware import GPU, Assumptions, precision_peak_tflops
-from launch.memory import Layout, element_bytes, image_tokens, memory_breakdown, total_params
+from launch.memory import Layout, memory_breakdown, total_params
 
 TP_SIZES, CP_SIZES, VPP_SIZES = (1, 2, 4, 8), (1, 2, 4, 8), (2, 3, 4, 5, 8, 10)
 RECOMPUTE = ("none", "selective", "full")
 
 
-def forward_flops_per_sequence(cfg: Config, text_tokens: int) -> float:
-    """Model FLOPs of one forward over one packed sequence of samples with `image_tokens(cfg)` image
-    and `text_tokens` text tokens each (the count of training/flops.py, applied to mean samples)."""
-    m = cfg.model
-    h, f, e = m.hidden_size, m.ffn_hidden_size, m.text_embed_dim or m.hidden_size
-    v = padded_vocab_size(m, 1)
-    n_img, n_txt = image_tokens(cfg), text_tokens
-    samples = cfg.data.seq_length / (n_img + n_txt)
-    tokens = samples * (n_img + n_txt)
-    pairs = samples * (n_img**2 + n_txt * n_img + n_txt * (n_txt + 1) / 2)
-    out = 2 * samples * n_img * m.num_channels * m.patch_size**2 * h
-    # proj and the lm_head run on the loss positions only; every text token is counted as one (the
-    # prompt's few tokens carry no loss: an upper bound)
-    loss_tokens = samples * n_txt
-    if e != h:
-        out += 2 * samples * n_txt * e * h + 2 * loss_tokens * h * e
-    out += m.num_layers * (2 * tokens * (5 * h * h + 3 * h * f) + 4 * h * pairs)
-    return out + 2 * loss_tokens * e * v
-
-
-def step_flops(cfg: Config, text_tokens: int) -> float:
-    """Model FLOPs of one optimizer step (forward + backward = 3 forwards) over the global batch."""
-    return 3 * forward_flops_per_sequence(cfg, text_tokens) * cfg.train.global_batch_size
+def step_flops(cfg: Config, text_tokens: float) -> float:
+    """Model FLOPs of one optimizer step over the global batch (the objective's count)."""
+    return registry.spec_for(cfg).plan_flops(cfg, text_tokens)
 
 
 @dataclass
@@ -86,21 +68,20 @@ def estimate(cfg: Config, layout: Layout, gpus: int, gpu: GPU, a: Assumptions, t
     peak = precision_peak_tflops(gpu, cfg.train.precision) * 1e12
     compute = flops * (4 / 3 if layout.recompute == "full" else 1) / gpus / (peak * a.matmul_efficiency)
     seconds = {"compute": compute, "bubble": compute * (p - 1) / (m * (layout.vpp or 1))}
-    tokens = cfg.data.seq_length * layout.micro_batch_size / c
-    activation = tokens * cfg.model.hidden_size * e
-    layers = cfg.model.num_layers / p
+    # elements through one collective summed over the busiest stage's layers, and sent between stages
+    layer_elements, boundary_elements = registry.spec_for(cfg).plan_traffic(cfg, layout, text_tokens)
     if t > 1:
         collectives = 6 if layout.recompute == "full" else 4
-        moved = collectives * 2 * (t - 1) / t * activation * layers * m
+        moved = collectives * 2 * (t - 1) / t * layer_elements * e * m
         seconds["tensor_parallel"] = moved / _bandwidth(t, gpu, a)
     if c > 1:  # model/context_attention.py: each rank receives the other c - 1 ranks' K and V
         # (2 x its own [S/c, H/t]) in the forward all-gather, sends as much back in the backward
         # reduce-scatter, and gathers again when full recompute reruns the forward; not overlapped
         passes = 3 if layout.recompute == "full" else 2
-        moved = passes * 2 * (c - 1) * activation / t * layers * m
+        moved = passes * 2 * (c - 1) * layer_elements * e / t * m
         seconds["context_parallel"] = moved / _bandwidth(t * c, gpu, a)
     if p > 1:
-        sent = 2 * m * activation / (t if layout.sequence_parallel else 1)
+        sent = 2 * m * boundary_elements * e / (t if layout.sequence_parallel else 1)
         seconds["pipeline_p2p"] = sent / _bandwidth(t * p, gpu, a)
     if d > 1:
         local = total_params(cfg) / (p * t)  # parameters this rank owns (stages taken as equal)

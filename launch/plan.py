@@ -5,9 +5,10 @@
 
 Prints the model's parameters, FLOPs per step, the memory of the best layout by component (with and
 without full recompute), the ranked layouts that fit (step time, MFU, memory) and a count of the
-rejected ones per reason with one example each. Every number comes from launch/memory.py,
-launch/layouts.py and the stated hardware of launch/hardware.py; docs/scaling.md shows the output
-for the GenLIP-g/16 recipes. Imports neither torch nor megatron.
+rejected ones per reason with one example each. Parameters, memory, FLOPs and communication volume
+are the config objective's planner model (ObjectiveSpec.plan_*, through launch/memory.py and
+launch/layouts.py); step times use the stated hardware of launch/hardware.py. docs/scaling.md shows
+the output for the GenLIP-g/16 recipes. Imports neither torch nor megatron.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from dataclasses import replace
 from genlip_megatron.config.load import ConfigError, load_config, preset_names
 from launch.hardware import GPUS, Assumptions, precision_peak_tflops
 from launch.layouts import estimate, plan, step_flops
-from launch.memory import GIB, total_params
-
-DEFAULT_TEXT_TOKENS = 84  # stage 1: 8.4M tokens / ~30k samples per step = ~280 per sample, 196 image
+from launch.memory import DEFAULT_TEXT_TOKENS, GIB, total_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +51,8 @@ def report(cfg, gpus: int, gpu_name: str, top: int, text_tokens: int, assumption
     flops = step_flops(cfg, text_tokens)
     peak = precision_peak_tflops(gpu, cfg.train.precision)
     lines = [
-        f"model: {total_params(cfg) / 1e9:.3f} B parameters; {cfg.data.seq_length} tokens per sequence, "
+        f"model: {cfg.model.objective}, {total_params(cfg) / 1e9:.3f} B parameters; {cfg.data.seq_length} "
+        "tokens per sequence, "
         f"global batch {cfg.train.global_batch_size} sequences, {cfg.train.precision}",
         f"FLOPs per step: {flops:.3e} (model FLOPs, {text_tokens} text tokens per sample)",
         f"hardware: {gpus} x {gpu.name}: {peak:.0f} TFLOP/s peak, {gpu.memory_bytes / GIB:.1f} GiB, "

@@ -62,7 +62,7 @@ def throughput(ctx) -> dict:
     """Median step time of measured steps (after warm-up, incl. torch.compile), model TFLOP/s (the
     trainer's FLOPs count: head on loss positions, prefix-LM pairs), MFU against the dense bf16 peak,
     and peak allocated memory, per (model, precision)."""
-    from genlip_megatron.training.flops import bf16_peak_tflops
+    from genlip_megatron.training.mfu import bf16_peak_tflops
 
     warmup, measured = ctx.sizes((3, 6), (1, 2))
     if ctx.cuda:

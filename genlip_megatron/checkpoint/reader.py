@@ -11,7 +11,8 @@ What a training checkpoint looks like on disk (checkpoint/sharded.py, mcore 0.16
     common.pt       rank 0's non-tensor state: format_version, iteration, config (dict), layout, ...
 Transformer layers are stored STACKED: `decoder.layers.self_attention.linear_qkv.weight` has a leading
 axis of num_layers (global layer index, pipeline offsets already applied). This reader presents them
-as `decoder.layers.<i>.self_attention.linear_qkv.weight`, the names `convert.mcore_names` uses.
+as `decoder.layers.<i>.self_attention.linear_qkv.weight`, the names `convert.mcore_names` uses (and
+AIMv2's `encoder.layers.<i>.*` likewise).
 Optimizer state (`optimizer.*`) and ShardedObjects (`*_extra_state`, `rng_state`) are not model tensors.
 """
 
@@ -28,7 +29,7 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from genlip_megatron.checkpoint.run_dir import CheckpointError, read_run_config, resolve_checkpoint
 from genlip_megatron.checkpoint.safe_load import SafeFileSystemReader, check_backend, load_common
 
-_STACKED = "decoder.layers."
+_STACKS = ("decoder.layers.", "encoder.layers.")  # transformer blocks stored stacked (GenLIP; AIMv2 has both)
 NON_MODEL_PREFIXES = ("optimizer.", "rng_state")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -84,10 +85,11 @@ class CheckpointReader(Mapping):
             if covered != math.prod(md.size):
                 raise ConversionError(f"{key}: stored chunks cover {covered} of {math.prod(md.size)} "
                                       "elements (a shard is missing)")
-            rest = key[len(_STACKED):]
-            if key.startswith(_STACKED) and not rest.split(".")[0].isdigit():
+            stack = next((s for s in _STACKS if key.startswith(s)), None)
+            rest = key[len(stack):] if stack else ""
+            if stack and not rest.split(".")[0].isdigit():
                 for layer in range(md.size[0]):
-                    index[f"{_STACKED}{layer}.{rest}"] = (key, layer, torch.Size(md.size[1:]), dtype)
+                    index[f"{stack}{layer}.{rest}"] = (key, layer, torch.Size(md.size[1:]), dtype)
             else:
                 index[key] = (key, None, torch.Size(md.size), dtype)
         if not index:

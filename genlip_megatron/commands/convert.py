@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
                                    tokenizer=args.tokenizer, eval_json=args.eval_json,
                                    without_tokenizer=args.without_tokenizer)
         elif args.direction == "from-hf":
-            from genlip_megatron.convert.from_hf import import_from_hf
+            from genlip_megatron.convert.dispatch import import_hf_folder
 
-            summary = import_from_hf(args.hf_folder, args.out, tp=args.tp, pp=args.pp, vpp=args.vpp,
-                                     base_config=args.config)
+            summary = import_hf_folder(args.hf_folder, args.out, tp=args.tp, pp=args.pp, vpp=args.vpp,
+                                       base_config=args.config)
         else:
             from genlip_megatron.convert.to_timm import export_to_timm
 

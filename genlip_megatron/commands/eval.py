@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-test", type=int, help="use the first N test lines")
     parser.add_argument("--limit-train", type=int, default=5000, help="use the first N train lines")
     parser.add_argument("--templates", type=int, help="zero-shot: use only the first K templates per class")
-    parser.add_argument("--tasks", default="caption_loss,zero_shot,linear_probe,captions")
+    parser.add_argument("--tasks", help="comma-separated subset of caption_loss, zero_shot, linear_probe, "
+                        "attentive_probe, captions (default: every task the model's objective supports)")
     parser.add_argument("--random-baseline", action="store_true", help="also evaluate a random model")
     parser.add_argument("--pixel-baseline", action="store_true", help="also fit the raw-pixel probe")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -42,10 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(args, defaults: dict):
     from genlip_megatron.eval.suite import TASKS, EvalSettings
 
-    tasks = [t for t in args.tasks.split(",") if t]
+    supported = defaults.get("tasks", TASKS)
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(supported)
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    unsupported = [t for t in tasks if t not in supported]
+    if unsupported:
+        raise ValueError(f"tasks {unsupported} are not supported by this model's objective; it supports "
+                         f"{', '.join(supported)}")
     settings = EvalSettings(tasks=tasks)
     settings.prompt = args.prompt if args.prompt is not None else defaults.get("prompt", settings.prompt)
     settings.max_caption_tokens = defaults.get("max_caption_tokens", settings.max_caption_tokens)

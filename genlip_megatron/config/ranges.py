@@ -20,9 +20,25 @@ import re
 from dataclasses import dataclass
 
 from genlip_megatron.config.schema import Config
+from genlip_megatron.objectives import registry
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.objective": ("genlip", "aimv2"),
+
+class RegisteredObjectives:
+    """The objective names of objectives/registry.py, read when a config is checked (a plug-in or a
+    test may register one after this module is imported)."""
+
+    def __iter__(self):
+        return iter(registry.names())
+
+    def __contains__(self, name) -> bool:
+        return name in registry.names()
+
+    def __len__(self) -> int:
+        return len(registry.names())
+
+
+CHOICES: dict = {
+    "model.objective": RegisteredObjectives(),
     "model.layer_spec": ("local", "te"),
     "model.attention": ("dense", "fused"),
     "model.recompute": ("none", "selective", "full"),

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from genlip_megatron.objectives.registry import DEFAULT_OBJECTIVE
+
 
 @dataclass
 class ModelConfig:
     """GenLIP trunk and heads (docs/sources.md). Defaults are the L/16 preset."""
 
-    objective: str = "genlip"  # "genlip" | "aimv2"
+    objective: str = DEFAULT_OBJECTIVE  # a name of objectives/registry.py (docs/objectives.md)
     hidden_size: int = 1152
     num_layers: int = 24
     num_attention_heads: int = 16
@@ -37,7 +39,7 @@ class ModelConfig:
     attention: str = "dense"  # "dense" (S x S bool mask; CPU reference) | "fused" (no S x S mask)
     recompute: str = "none"  # "none" | "selective" | "full"
     recompute_num_layers: int = 1  # layers per full-recompute chunk
-    # AIMv2 only (objective == "aimv2"): the causal multimodal decoder.
+    # AIMv2 only: the causal multimodal decoder (objectives/aimv2).
     decoder_hidden_size: int = 1024
     decoder_num_layers: int = 12
     decoder_num_attention_heads: int = 8

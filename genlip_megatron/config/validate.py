@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from genlip_megatron.config.load import ConfigError
 from genlip_megatron.config.ranges import CHOICES, key_problems  # noqa: F401 - CHOICES re-exported
-from genlip_megatron.config.schema import Config, head_dim
+from genlip_megatron.config.schema import Config
 from genlip_megatron.config.step_split import StepSplit
-from genlip_megatron.hf.mrope_sections import mrope_section_problem
+from genlip_megatron.objectives import registry
 
 DENSE_MASK_LIMIT = 8 * 2 ** 30  # bytes of the S x S bool mask of one micro-batch (model.attention=dense)
 
@@ -38,26 +38,10 @@ def _model(cfg: Config, bad: set[str]) -> list[str]:
                                   "parallel.tensor_model_parallel_size", tp))
         out.append(_not_divisible("model.ffn_hidden_size", m.ffn_hidden_size,
                                   "parallel.tensor_model_parallel_size", tp))
-        if m.objective == "aimv2":
-            out.append(_not_divisible("model.decoder_num_attention_heads", m.decoder_num_attention_heads,
-                                      "parallel.tensor_model_parallel_size", tp))
-    if m.objective == "aimv2" and not bad & {"model.decoder_hidden_size",
-                                             "model.decoder_num_attention_heads"}:
-        out.append(_not_divisible("model.decoder_hidden_size", m.decoder_hidden_size,
-                                  "model.decoder_num_attention_heads", m.decoder_num_attention_heads))
-    if m.objective == "genlip" and heads_ok and m.hidden_size % m.num_attention_heads == 0:
-        # The interleaved rule reads only the H and W counts; see hf/mrope_sections.py.
-        problem = mrope_section_problem(m.mrope_section, head_dim(m))
-        if problem:
-            out.append(f"model.mrope_section={m.mrope_section} {problem} "
-                       f"(head_dim = {m.hidden_size}/{m.num_attention_heads})")
+    if "model.objective" not in bad:  # the objective's own rules (objectives/<name>/spec.py)
+        out.extend(registry.get(m.objective).validate(cfg, bad))
     # NOTE: padded vocab = a multiple of make_vocab_size_divisible_by x TP, so it splits evenly across
     # TP ranks exactly when that multiple is positive (ranges.py); the split cannot fail otherwise.
-    if m.objective == "aimv2" and m.attention == "fused":
-        out.append("model.attention=fused is GenLIP's prefix-LM kernel: model.objective=aimv2 needs "
-                   "model.attention=dense")
-    if m.objective == "aimv2" and m.pixel_loss_weight == 0 and m.text_loss_weight == 0:
-        out.append("model.pixel_loss_weight=0 and model.text_loss_weight=0: AIMv2 would train on no loss")
     return [line for line in out if line]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from genlip_megatron.convert.hf_config import aimv2_vision_config_kwargs
 from genlip_megatron.hf.aimv2_reference import AIMv2ReferenceConfig
 
 _GLOBAL = {  # reference name -> mcore name
@@ -29,6 +30,7 @@ _GLOBAL = {  # reference name -> mcore name
 }
 _VOCAB_ROWS = {"embed_tokens.weight", "lm_head.weight"}
 _STACKS = (("vision.encoder.layers.", "encoder.layers."), ("decoder.layers.", "decoder.layers."))
+ENCODER_PREFIXES = ("patch_embedding.", "encoder.")  # mcore names of what Aimv2VisionModel holds
 
 
 def _layer_names(layer_spec: str) -> dict[str, str]:
@@ -67,36 +69,42 @@ def reference_to_mcore(ref: dict, *, num_layers: int, num_heads: int, decoder_nu
     return out
 
 
-def mcore_to_vision(mc: dict, *, num_layers: int, num_heads: int, patch_size: int,
-                    num_channels: int = 3, layer_spec: str = "local") -> dict:
-    """Encoder part of a full megatron-core AIMv2 state dict -> `Aimv2VisionModel` state dict."""
-    w = mc["patch_embedding.patch_embedding.weight"]
-    out = {"embeddings.patch_embed.weight": w.reshape(w.shape[0], num_channels, patch_size, patch_size)}
+def mcore_to_reference(mc: dict, *, num_layers: int, num_heads: int, decoder_num_layers: int,
+                       decoder_num_heads: int, vocab_size: int, patch_size: int, num_channels: int = 3,
+                       layer_spec: str = "local") -> dict:
+    """Full megatron-core AIMv2 state dict -> full reference state dict (vocabulary padding removed).
+    Parts absent from `mc` (e.g. the decoder, for an encoder-only read) are left out."""
+    out = {}
+    if "patch_embedding.patch_embedding.weight" in mc:
+        w = mc["patch_embedding.patch_embedding.weight"]
+        out["vision.embeddings.patch_embed.weight"] = w.reshape(w.shape[0], num_channels, patch_size, patch_size)
     for src, dst in _GLOBAL.items():
-        if src.startswith("vision.") and dst in mc:
-            out[src.removeprefix("vision.")] = mc[dst]
+        if dst in mc:
+            out[src] = mc[dst][:vocab_size] if src in _VOCAB_ROWS else mc[dst]
     names = _layer_names(layer_spec)
-    for i in range(num_layers):
-        hf, m = f"encoder.layers.{i}.", f"encoder.layers.{i}."
-        for a, b in names.items():
-            out[hf + a] = mc[m + b]
-        qkv = mc[m + "self_attention.linear_qkv.weight"]
-        q, k, v = qkv.reshape(num_heads, 3, -1, qkv.shape[-1]).unbind(1)
-        for name, t in zip("qkv", (q, k, v)):
-            out[f"{hf}attention.{name}_proj.weight"] = t.reshape(-1, qkv.shape[-1])
-        out[hf + "ffn.gate_proj.weight"], out[hf + "ffn.up_proj.weight"] = mc[
-            m + "mlp.linear_fc1.weight"].chunk(2)
+    for (ref_stack, mc_stack), layers, heads in zip(_STACKS, (num_layers, decoder_num_layers),
+                                                    (num_heads, decoder_num_heads)):
+        for i in range(layers):
+            ref, m = f"{ref_stack}{i}.", f"{mc_stack}{i}."
+            if m + "self_attention.linear_qkv.weight" not in mc:
+                continue
+            for a, b in names.items():
+                out[ref + a] = mc[m + b]
+            qkv = mc[m + "self_attention.linear_qkv.weight"]
+            for name, t in zip("qkv", qkv.reshape(heads, 3, -1, qkv.shape[-1]).unbind(1)):
+                out[f"{ref}attention.{name}_proj.weight"] = t.reshape(-1, qkv.shape[-1])
+            out[ref + "ffn.gate_proj.weight"], out[ref + "ffn.up_proj.weight"] = mc[m + "mlp.linear_fc1.weight"].chunk(2)
     return out
 
 
-def vision_config_kwargs(model_cfg) -> dict:
-    """Our ModelConfig -> `transformers.Aimv2VisionConfig` keyword arguments (no pooling head)."""
-    m = model_cfg
-    return {"hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size,
-            "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
-            "num_channels": m.num_channels, "image_size": m.aimv2_image_size, "patch_size": m.patch_size,
-            "hidden_act": "silu", "rms_norm_eps": m.layer_norm_eps, "qkv_bias": False, "mlp_bias": False,
-            "use_head": False, "is_native": m.aimv2_position_embedding == "sincos"}
+def mcore_to_vision(mc: dict, *, num_layers: int, num_heads: int, patch_size: int,
+                    num_channels: int = 3, layer_spec: str = "local") -> dict:
+    """Encoder part of a full megatron-core AIMv2 state dict -> `Aimv2VisionModel` state dict."""
+    encoder = {k: v for k, v in mc.items() if k.startswith(ENCODER_PREFIXES)}
+    ref = mcore_to_reference(encoder, num_layers=num_layers, num_heads=num_heads, decoder_num_layers=0,
+                             decoder_num_heads=1, vocab_size=0, patch_size=patch_size,
+                             num_channels=num_channels, layer_spec=layer_spec)
+    return {k.removeprefix("vision."): v for k, v in ref.items() if k.startswith("vision.")}
 
 
 def reference_config(model_cfg) -> AIMv2ReferenceConfig:
@@ -113,15 +121,18 @@ def reference_config(model_cfg) -> AIMv2ReferenceConfig:
         vocab_size=m.vocab_size)
 
 
-def export_vision_model(mc: dict, model_cfg, out_dir: str, layer_spec: str = "local"):
-    """Write an `Aimv2VisionModel` folder (config.json + safetensors) from a full mcore state dict;
-    returns the loaded transformers model. Strict loading: every encoder tensor must map."""
+def export_vision_model(mc: dict, model_cfg, out_dir: str, layer_spec: str = "local", dtype=None,
+                        max_shard_size: int | str = "2GB"):
+    """Write an `Aimv2VisionModel` folder (config.json + safetensors) from a full (or encoder-only)
+    mcore state dict, in `dtype` (default: as stored); returns the loaded transformers model.
+    Strict loading: every encoder tensor must map."""
     from transformers import Aimv2VisionConfig, Aimv2VisionModel
 
     m = model_cfg
-    model = Aimv2VisionModel(Aimv2VisionConfig(**vision_config_kwargs(m)))
+    model = Aimv2VisionModel(Aimv2VisionConfig(**aimv2_vision_config_kwargs(m)))
     state = mcore_to_vision(mc, num_layers=m.num_layers, num_heads=m.num_attention_heads,
                             patch_size=m.patch_size, num_channels=m.num_channels, layer_spec=layer_spec)
     model.load_state_dict(state, strict=True)
-    model.save_pretrained(out_dir)
+    model.to(dtype or mc["patch_embedding.patch_embedding.weight"].dtype)
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     return model

@@ -1,9 +1,9 @@
 """Hugging Face GenLIP folder (official weights or our export) -> megatron-core training checkpoint.
 
-The result loads into the trainer under the requested layout: OUT/config.yaml already says
-`checkpoint.load=OUT checkpoint.finetune=true` (weights only: optimizer, schedule and data start
-fresh), so `genlip train OUT/config.yaml data.manifest=... checkpoint.dir=...` continues from the
-weights; any other run config can point at OUT the same way (e.g. stage 2 starting from stage 1).
+The result loads into the trainer under the requested layout: the run config saved in OUT (the
+checkpoint folder's config file, checkpoint/run_dir.py) already says `checkpoint.load=OUT
+checkpoint.finetune=true` (weights only: optimizer, schedule and data start fresh), so
+`genlip train <that file> data.manifest=... checkpoint.dir=...` continues from the weights; any other run config can point at OUT the same way (e.g. stage 2 starting from stage 1).
 The saved config is validated here, so an official config.json never needs a hand edit.
 
 How: dist_checkpointing stores every tensor under its GLOBAL name and shape, and reshards on load, so
@@ -30,10 +30,12 @@ from genlip_megatron.checkpoint.run_dir import is_checkpoint_folder
 from genlip_megatron.config.load import load_config
 from genlip_megatron.config.schema import Config, padded_vocab_size
 from genlip_megatron.config.validate import validate
+from genlip_megatron.convert.hf_config import genlip_model_config
 from genlip_megatron.convert.hf_reader import iter_tensors, read_hf_config
 from genlip_megatron.convert.mcore_names import hf_to_mcore
 from genlip_megatron.convert.output_folder import staged_output
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
+from genlip_megatron.objectives import registry
 
 
 def read_hf_weights(folder: str, config: GenLIPConfig) -> dict[str, torch.Tensor]:
@@ -72,23 +74,16 @@ def default_base(config: GenLIPConfig) -> str | None:
 
 
 def run_config_from_hf(config: GenLIPConfig, base: str | None, tp: int, pp: int, vpp: int | None,
-                       checkpoint: str | None = None) -> Config:
+                       checkpoint: str | None = None, objective: str | None = None) -> Config:
     """The run config: `base` (preset or YAML; default: the stage-1 preset of the same model shape,
     else the schema defaults) with the model section taken from config.json, the parallel layout
     from the arguments and, when `checkpoint` is given, `checkpoint.load` pointing at it (weights
-    only), so `genlip train OUT/config.yaml` continues from the converted weights with no edit."""
+    only), so training from the saved config continues from the converted weights with no edit."""
     base = base or default_base(config)
     cfg = load_config(base) if base else Config()
-    m = dataclasses.replace(
-        cfg.model, objective="genlip", hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads, ffn_hidden_size=config.intermediate_size,
-        patch_size=config.patch_size, num_channels=config.num_channels,
-        text_embed_dim=config.text_embed_dim,
-        vocab_size=config.vocab_size, layer_norm_eps=config.layer_norm_eps,
-        layer_scale_init=config.ls_init_value, drop_path_rate=config.drop_path_rate,
-        drop_path_schedule=config.drop_path_schedule,
-        rope_theta=float(config.rope_theta), mrope_section=list(config.mrope_section),
-        init_method_std=config.initializer_range, layer_spec="local")
+    if objective is None:  # the objective whose export this model_type is
+        objective = registry.spec_for_hf_model_type(config.model_type, importing=True)[0]
+    m = genlip_model_config(config, cfg.model, objective)
     p = dataclasses.replace(cfg.parallel, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                             virtual_pipeline_model_parallel_size=vpp)
     if m.num_attention_heads % tp or m.ffn_hidden_size % tp:
@@ -144,11 +139,11 @@ def _save_single_process(full: dict, cfg: Config, padded: int, out: str, source:
 
 
 def import_from_hf(folder: str, out: str, *, tp: int = 1, pp: int = 1, vpp: int | None = None,
-                   base_config: str | None = None) -> dict:
+                   base_config: str | None = None, objective: str | None = None) -> dict:
     """Convert the HF folder into the checkpoint folder `out` (must not hold a checkpoint yet)."""
     config = read_hf_config(folder)
     tensors = read_hf_weights(folder, config)
-    cfg = run_config_from_hf(config, base_config, tp, pp, vpp, checkpoint=out)
+    cfg = run_config_from_hf(config, base_config, tp, pp, vpp, checkpoint=out, objective=objective)
     if is_checkpoint_folder(out):
         raise ConversionError(f"{out} already holds a checkpoint; choose an empty folder")
     padded = padded_vocab_size(cfg.model, tp)

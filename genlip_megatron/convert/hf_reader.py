@@ -26,7 +26,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_JSON_BYTES = {CONFIG_FILE: 1 << 20, INDEX_FILE: 64 << 20}
 
 
-def _read_json(path: str) -> dict:
+def read_json_object(path: str) -> dict:
+    """A config.json or safetensors index, bounded in size and depth; one ConversionError line."""
     name = os.path.basename(path)
     try:
         size = os.path.getsize(path)
@@ -46,7 +47,7 @@ def read_hf_config(folder: str) -> GenLIPConfig:
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(path):
         raise ConversionError(f"{folder}: no {CONFIG_FILE} (not a Hugging Face model folder)")
-    raw = _read_json(path)
+    raw = read_json_object(path)
     if raw.get("model_type") != "genlip":
         raise ConversionError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r}, expected 'genlip'")
     try:
@@ -59,7 +60,7 @@ def weight_files(folder: str) -> list[str]:
     """The safetensors files (index or single file). Pickled weights are refused: loading them runs code."""
     index = os.path.join(folder, INDEX_FILE)
     if os.path.isfile(index):
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ConversionError(f"{index}: no weight_map of tensor names to file names")
         files = sorted(set(weight_map.values()))

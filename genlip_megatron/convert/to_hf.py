@@ -1,12 +1,13 @@
-"""megatron-core distributed checkpoint (any TP/PP/VPP layout, fp32/bf16) -> Hugging Face GenLIP folder.
+"""megatron-core distributed checkpoint (any TP/PP/VPP layout, fp32/bf16) -> Hugging Face GenLIP folder
+(the GenLIP spec's `hf` export; `export_to_hf` lets the checkpoint's objective choose, convert/dispatch.py).
 
-Streams: the checkpoint is read one megatron-core tensor at a time (checkpoint_reader.py), mapped with
+Streams: the checkpoint is read one megatron-core tensor at a time (checkpoint/reader.py), mapped with
 `convert.mcore_names.iter_mcore_to_hf` (the same table the parity tests use) and written straight into
 safetensors shards (safetensors_stream.py). Peak memory ~ 2 x the largest tensor + the interpreter,
 whatever the model size. No process group, no GPU, no megatron-core import.
 
 The folder (hf_folder.py adds everything but the weights):
-    config.json (model_type "genlip", auto_map), model.safetensors or model-*-of-*.safetensors + index,
+    config.json (GenLIP's model_type, auto_map), model.safetensors or model-*-of-*.safetensors + index,
     configuration_genlip.py / modeling_genlip.py / ... (trust_remote_code), tokenizer files,
     preprocessor_config.json, README.md (model card).
 """
@@ -21,28 +22,19 @@ import torch
 
 from genlip_megatron.checkpoint.reader import CheckpointReader, ConversionError
 from genlip_megatron.config.schema import padded_vocab_size
+from genlip_megatron.convert.hf_config import genlip_hf_config
 from genlip_megatron.convert.mcore_names import iter_mcore_to_hf
 from genlip_megatron.convert.output_folder import staged_output
 from genlip_megatron.convert.safetensors_stream import ShardedSafetensorsWriter
 from genlip_megatron.hf.configuration_genlip import GenLIPConfig
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def hf_config(cfg) -> GenLIPConfig:
-    """The HF config of the GenLIP that the run's model section describes (official keys)."""
-    m = cfg.model
-    if m.objective != "genlip":
-        raise ConversionError(f"checkpoint of objective {m.objective!r}: only GenLIP exports to the genlip layout")
-    config = GenLIPConfig(
-        hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size, num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads, patch_size=m.patch_size, num_channels=m.num_channels,
-        text_embed_dim=m.text_embed_dim, vocab_size=m.vocab_size, layer_norm_eps=m.layer_norm_eps,
-        ls_init_value=m.layer_scale_init, drop_path_rate=m.drop_path_rate,
-        drop_path_schedule=m.drop_path_schedule, rope_theta=m.rope_theta,
-        mrope_section=list(m.mrope_section), initializer_range=m.init_method_std)
-    config.caption_prompt = cfg.data.prompt  # what captioning puts after the image (eval/model_defaults.py)
-    config.caption_end_text = cfg.data.end_text  # what closed every training caption (same reader)
+    """The HF config of the GenLIP the run's model section describes (official keys, auto_map), with
+    the prompt and end text captioning puts around a caption (eval/model_defaults.py reads them)."""
+    config = genlip_hf_config(cfg.model)
+    config.caption_prompt = cfg.data.prompt
+    config.caption_end_text = cfg.data.end_text
     config.architectures = ["GenLIPModel"]
     config.auto_map = {"AutoConfig": "configuration_genlip.GenLIPConfig",
                        "AutoModel": "modeling_genlip.GenLIPModel"}
@@ -117,7 +109,7 @@ def is_hf_export(folder: str) -> bool:
     """A folder an earlier `convert to-hf` wrote (config.json of model_type genlip)."""
     try:
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            return json.load(f).get("model_type") == "genlip"
+            return json.load(f).get("model_type") == GenLIPConfig.model_type
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -152,25 +144,18 @@ def export_tokenizer(cfg, tokenizer: str | None, without_tokenizer: bool) -> str
     return path
 
 
-def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
-                 max_shard_bytes: int = 2 * 1024 ** 3, tokenizer: str | None = None,
-                 eval_json: list[str] = (), without_tokenizer: bool = False) -> dict:
-    """Convert `checkpoint` (run dir or iter folder) into the HF folder `out`; returns a summary.
+def write_hf_folder(reader: CheckpointReader, cfg, out: str, *, dtype: torch.dtype | None = None,
+                    max_shard_bytes: int = 2 * 1024 ** 3, tokenizer: str | None = None,
+                    eval_json: list[str] = (), without_tokenizer: bool = False) -> dict:
+    """GenLIP's Hugging Face export of a checked checkpoint (convert/dispatch.py); returns a summary.
 
     tokenizer: see `export_tokenizer`; without_tokenizer=True writes the model alone, on purpose."""
     from genlip_megatron.convert import hf_folder
 
-    reader = CheckpointReader(checkpoint)
-    if reader.common.get("format_version") is None:
-        raise ConversionError(f"{reader.folder}: common.pt has no format_version (not a genlip-megatron checkpoint)")
-    cfg = reader.run_config()
-    check_matches(reader, cfg)
-    if dtype is not None and dtype not in DTYPES:
-        raise ConversionError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     config = hf_config(cfg)
     tokenizer_path = export_tokenizer(cfg, tokenizer, without_tokenizer)
     with staged_output(out, is_previous=is_hf_export) as stage:
-        weights = write_weights(reader, cfg, stage, DTYPES.get(dtype), max_shard_bytes)
+        weights = write_weights(reader, cfg, stage, dtype, max_shard_bytes)
         config.dtype = weights["dtype"]
         config.to_json_file(os.path.join(stage, "config.json"))
         hf_folder.copy_modeling_code(stage)
@@ -181,3 +166,12 @@ def export_to_hf(checkpoint: str, out: str, *, dtype: str | None = None,
     card = os.path.join(out, os.path.basename(card))
     return {"folder": out, "checkpoint": reader.folder, "iteration": reader.common.get("iteration"),
             "tokenizer": tokenizer_file, "model_card": card, **weights}
+
+
+def export_to_hf(checkpoint: str, out: str, **options) -> dict:
+    """`genlip convert to-hf`: the Hugging Face export of `checkpoint` (run dir or iter folder) that
+    its objective writes (GenLIP: write_hf_folder above; options dtype, max_shard_bytes, tokenizer,
+    eval_json)."""
+    from genlip_megatron.convert.dispatch import export_checkpoint
+
+    return export_checkpoint("hf", checkpoint, out, **options)

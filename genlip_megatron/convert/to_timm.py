@@ -34,13 +34,10 @@ def _trunk_from_hf_folder(folder: str):
     return config, tensors
 
 
-def _trunk_from_checkpoint(path: str):
-    from genlip_megatron.checkpoint.reader import CheckpointReader
-    from genlip_megatron.convert.to_hf import check_matches, hf_config, hf_tensors
+def trunk_from_checkpoint(reader, cfg):
+    """(GenLIPConfig, HF-named trunk tensors) of a checked GenLIP checkpoint."""
+    from genlip_megatron.convert.to_hf import hf_config, hf_tensors
 
-    reader = CheckpointReader(path)
-    cfg = reader.run_config()
-    check_matches(reader, cfg)
     tensors = {}
     for group in hf_tensors(reader, cfg):
         tensors.update({k: v.clone() for k, v in group.items() if not k.startswith(TEXT_ONLY_PREFIXES)})
@@ -48,20 +45,25 @@ def _trunk_from_checkpoint(path: str):
 
 
 def export_to_timm(source: str, out: str, *, embed_proj_type: str = "conv", dtype: str | None = None) -> dict:
-    """Write the trunk of `source` (HF folder or megatron checkpoint) as a timm NaFlexVit into `out`."""
-    if os.path.isfile(os.path.join(source, "config.json")):
-        config, tensors = _trunk_from_hf_folder(source)
-    else:
-        config, tensors = _trunk_from_checkpoint(source)
+    """Write the trunk of `source` (HF GenLIP folder, or a training checkpoint whose objective exports
+    to timm) as a timm NaFlexVit into `out`."""
+    from genlip_megatron.convert.dispatch import export_checkpoint, torch_dtype
+
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        return export_checkpoint("timm", source, out, dtype=dtype, embed_proj_type=embed_proj_type)
+    config, tensors = _trunk_from_hf_folder(source)
+    return write_timm_folder(source, config, tensors, out, embed_proj_type=embed_proj_type, dtype=torch_dtype(dtype))
+
+
+def write_timm_folder(source: str, config, tensors: dict, out: str, *, embed_proj_type: str = "conv",
+                      dtype: torch.dtype | None = None) -> dict:
+    """The timm folder of a GenLIP trunk (HF names); `source` names where it came from in errors."""
     try:
         state = to_timm_state_dict(tensors, config.hidden_size, embed_proj_type=embed_proj_type)
     except KeyError as exc:
         raise ConversionError(f"{source}: {exc.args[0]}") from None
     if dtype is not None:
-        target = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-        if target is None:
-            raise ConversionError(f"unknown dtype {dtype!r}; choose from fp32, bf16, fp16")
-        state = {k: v.to(target) for k, v in state.items()}
+        state = {k: v.to(dtype) for k, v in state.items()}
     kwargs = naflexvit_kwargs(config) | {"embed_proj_type": embed_proj_type}
     with staged_output(out, is_previous=lambda f: os.path.isfile(os.path.join(f, TIMM_CONFIG))) as stage:
         save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(stage, "model.safetensors"),

@@ -87,7 +87,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
         results["reference"] = evaluate_model(reference["model"], tokenizer, test, train, captions, short)
         rows += [(f"same run at step {k}", results["trained_early"]),
                  (f"plain PyTorch loop (HF model), {k} steps of {BATCH_SIZE}", results["reference"])]
-    results["random"] = evaluate_model(random_model(cfg.model, seed=args.seed), tokenizer, test, train,
+    results["random"] = evaluate_model(random_model(cfg, seed=args.seed), tokenizer, test, train,
                                        captions, short)
     results["pixels"] = evaluate_pixels(test, train, settings.probe_c)
     rows += [("same size, random init", results["random"]),

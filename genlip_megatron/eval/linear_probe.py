@@ -19,17 +19,23 @@ FEATURE_SOURCES = ("hidden_states", "trunk")  # after ln_post | last block outpu
 
 
 @torch.no_grad()
-def image_features(model, images: torch.Tensor, batch_size: int = 256, source: str = "hidden_states"
-                   ) -> np.ndarray:
-    """float [N, 3, H, W] -> float32 [N, W]: mean over the image's patch features."""
+def patch_features(model, images: torch.Tensor, batch_size: int = 256, source: str = "hidden_states"
+                   ) -> torch.Tensor:
+    """float [N, 3, H, W] -> float32 [N, n_patches, W]: the model's features of each image patch,
+    the image run alone (what the linear and the attentive probe read)."""
     if source not in FEATURE_SOURCES:
         raise ValueError(f"source must be one of {FEATURE_SOURCES}, got {source!r}")
     parts = []
     for start in range(0, len(images), batch_size):
         inputs = model.build_packed_inputs(images[start : start + batch_size].float())
-        out = model.forward_packed(**inputs)[source]  # [B, n_patches, W]: the rows are all image
-        parts.append(out.float().mean(dim=1).numpy())
-    return np.concatenate(parts)
+        parts.append(model.forward_packed(**inputs)[source].float())  # the rows are all image
+    return torch.cat(parts)
+
+
+def image_features(model, images: torch.Tensor, batch_size: int = 256, source: str = "hidden_states"
+                   ) -> np.ndarray:
+    """float [N, 3, H, W] -> float32 [N, W]: mean over the image's patch features."""
+    return patch_features(model, images, batch_size, source).mean(dim=1).numpy()
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

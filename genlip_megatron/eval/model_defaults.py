@@ -13,6 +13,8 @@ import os
 
 from genlip_megatron.checkpoint import run_dir
 from genlip_megatron.data.dataset_ref import folder_tokenizer_file, run_tokenizer, tokenizer_file
+from genlip_megatron.eval.loading import hf_eval_tasks
+from genlip_megatron.objectives import registry
 
 PROMPT_KEY = "caption_prompt"  # written into an exported config.json (convert/to_hf.py)
 END_TEXT_KEY = "caption_end_text"  # likewise: the run's data.end_text
@@ -36,17 +38,18 @@ def _hf_folder_defaults(path: str) -> dict:
 
 
 def model_defaults(path: str) -> dict:
-    """image_size, prompt, end_text, max_caption_tokens, tokenizer (path or None) and why_no_tokenizer,
-    as far as the model at `path` (run directory, checkpoint folder or HF folder) records them."""
+    """image_size, prompt, end_text, max_caption_tokens, tokenizer (path or None), why_no_tokenizer and
+    the evaluation tasks its objective supports, as far as the model at `path` (run directory,
+    checkpoint folder or HF folder) records them."""
     if run_dir.is_checkpoint(path):
         cfg = run_dir.read_run_config(run_dir.resolve_checkpoint(path))
         tokenizer, why = run_tokenizer(cfg)
         return {"image_size": cfg.data.image_size, "prompt": cfg.data.prompt,
                 "max_caption_tokens": cfg.data.max_caption_tokens, "end_text": cfg.data.end_text,
                 "tokenizer": tokenizer,
-                "why_no_tokenizer": why}
+                "why_no_tokenizer": why, "tasks": registry.spec_for(cfg).eval_tasks}
     if os.path.isfile(os.path.join(path, "config.json")):
-        return _hf_folder_defaults(path)
+        return {**_hf_folder_defaults(path), "tasks": hf_eval_tasks(path)}
     return {}
 
 

@@ -89,7 +89,7 @@ class ReferenceTrainer:
     losses: list = field(default_factory=list)
 
     def __post_init__(self):
-        from genlip_megatron.eval.loading import random_model
+        from genlip_megatron.objectives.genlip.evaluation import random_model
 
         o = self.cfg.optimizer
         self.model = random_model(self.cfg.model, seed=self.seed).train()

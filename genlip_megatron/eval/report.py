@@ -22,6 +22,7 @@ COLUMNS = [  # (metric key, header, format)
     ("zero_shot_sum", "zero-shot top-1 (sum)", "{:.3f}"),
     ("zero_shot_mean", "zero-shot top-1 (mean)", "{:.3f}"),
     ("linear_probe", "linear probe top-1", "{:.3f}"),
+    ("attentive_probe", "attentive probe top-1", "{:.3f}"),
 ]
 
 

@@ -62,3 +62,17 @@ def pair_batch(patches: Sequence[np.ndarray], grid: tuple[int, int], pairs: Sequ
 def model_inputs(batch: dict) -> dict:
     """The five tensors `forward_packed` takes."""
     return {k: getattr(batch, k) for k in MODEL_KEYS}
+
+
+def image_inputs(images: torch.Tensor, patch_size: int) -> dict:
+    """Image-only rows (one image per row, no text) of equal-size images [B, 3, H, W]: the five
+    tensors `forward_packed` takes, positions (0, row, col) as in training."""
+    b, _, height, width = images.shape
+    gh, gw = height // patch_size, width // patch_size
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    positions = torch.stack([torch.zeros(gh * gw, dtype=torch.long), rows.reshape(-1), cols.reshape(-1)])
+    return {"tokens": torch.zeros(b, gh * gw, dtype=torch.long),
+            "image_patches": torch.from_numpy(np.concatenate(image_patches(images, patch_size))),
+            "is_image": torch.ones(b, gh * gw, dtype=torch.bool),
+            "position_ids": positions[:, None, :].expand(3, b, gh * gw).contiguous(),
+            "segment_ids": torch.zeros(b, gh * gw, dtype=torch.int32)}

@@ -1,5 +1,6 @@
 """The evaluation suite one model gets: held-out caption loss, generative zero-shot (summed and
-length-normalised), linear probe, example captions - plus the model-free raw-pixel baseline.
+length-normalised), linear and attentive probes, example captions - plus the model-free raw-pixel
+baseline. Which tasks a model supports is its objective's (ObjectiveSpec.eval_tasks).
 
 `genlip eval` and `genlip demo` both call `evaluate_model`, so a number in a demo report and the same
 number from the command line come from one code path. Each task is timed; a task whose inputs are
@@ -15,14 +16,15 @@ from dataclasses import dataclass, field
 import torch
 
 from genlip_megatron.config.schema import DataConfig
+from genlip_megatron.eval.attentive_probe import attentive_probe
 from genlip_megatron.eval.datasets import LabelledImages
 from genlip_megatron.eval.generate import caption_images
 from genlip_megatron.eval.likelihood import caption_loss
-from genlip_megatron.eval.linear_probe import image_features, linear_probe, pixel_baseline
+from genlip_megatron.eval.linear_probe import linear_probe, patch_features, pixel_baseline
 from genlip_megatron.eval.sequences import text_layout
 from genlip_megatron.eval.zero_shot import zero_shot_classify
 
-TASKS = ("caption_loss", "zero_shot", "linear_probe", "captions")
+TASKS = ("caption_loss", "zero_shot", "linear_probe", "attentive_probe", "captions")
 
 
 @dataclass
@@ -34,6 +36,7 @@ class EvalSettings:
     images_per_forward: int = 64  # zero-shot: most images per prefill (their C x K candidates share it)
     feature_source: str = "hidden_states"  # linear probe: after ln_post ("hidden_states") or "trunk"
     probe_c: float = 1.0  # inverse L2 strength of the probe's logistic regression
+    attentive_epochs: int = 30  # attentive probe: passes over the training features
     caption_examples: int = 8  # test images that get a greedy caption
     max_new_tokens: int = 24
     tasks: Sequence[str] = field(default_factory=lambda: list(TASKS))
@@ -46,7 +49,7 @@ def evaluate_model(model, tokenizer, test: LabelledImages, train: LabelledImages
 
     Args:
         test: held-out images, labels (for zero-shot and the probe) and captions (for the loss).
-        train: images and labels the linear probe is fitted on.
+        train: images and labels the probes are fitted on.
         zero_shot_captions: [C][K] caption texts per class and template, in label order.
     """
     settings = settings or EvalSettings()
@@ -71,13 +74,20 @@ def evaluate_model(model, tokenizer, test: LabelledImages, train: LabelledImages
         metrics["zero_shot_sum"], metrics["zero_shot_mean"] = result["zero_shot_sum"], result["zero_shot_mean"]
         metrics["examples"]["zero_shot_sum"] = result["predictions_sum"].tolist()
         metrics["examples"]["zero_shot_mean"] = result["predictions_mean"].tolist()
-    if "linear_probe" in tasks and train is not None and (train.labels >= 0).all():
-        def probe():
-            train_x = image_features(model, train.images, source=settings.feature_source)
-            test_x = image_features(model, test.images, source=settings.feature_source)
-            return linear_probe(train_x, train.labels, test_x, test.labels, settings.probe_c)
-        result = timed("linear_probe", probe)
-        metrics["linear_probe"], metrics["linear_probe_train"] = result["accuracy"], result["train_accuracy"]
+    probes = tasks & {"linear_probe", "attentive_probe"}
+    if probes and train is not None and (train.labels >= 0).all():
+        train_x, test_x = timed("probe_features", lambda: (
+            patch_features(model, train.images, source=settings.feature_source),
+            patch_features(model, test.images, source=settings.feature_source)))
+        if "linear_probe" in probes:
+            result = timed("linear_probe", lambda: linear_probe(
+                train_x.mean(1).numpy(), train.labels, test_x.mean(1).numpy(), test.labels, settings.probe_c))
+            metrics["linear_probe"], metrics["linear_probe_train"] = result["accuracy"], result["train_accuracy"]
+        if "attentive_probe" in probes:
+            result = timed("attentive_probe", lambda: attentive_probe(
+                train_x, train.labels, test_x, test.labels, epochs=settings.attentive_epochs))
+            metrics["attentive_probe"] = result["accuracy"]
+            metrics["attentive_probe_train"] = result["train_accuracy"]
     if "captions" in tasks and settings.caption_examples > 0:
         images = test.images[: settings.caption_examples]
         metrics["examples"]["captions"] = timed("captions", lambda: caption_images(

@@ -41,15 +41,17 @@ class HeldOutLoss:
         self.loader.load_state_dict(self.start)
         stream = iter(self.loader)
         stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, loss positions, samples
+        objective = modules.objective
         for chunk in modules.model:
             chunk.eval()
         try:
             for _ in range(self.iters):
                 micro_batches = [next(stream) for _ in range(self.micro_batches)]
-                inputs = modules.prepare_micro_batches(micro_batches, step=0)
+                # step 0: the same inputs at every evaluation (AIMv2 draws its prefixes from the step)
+                inputs = objective.prepare_step(modules.cfg, micro_batches, split=modules.split, step=0)
                 iterators = [iter(inputs) for _ in modules.model]
                 reports = get_forward_backward_func()(
-                    forward_step_func=modules.forward_step,
+                    forward_step_func=lambda iterator, chunk: objective.forward_step(next(iterator), chunk),
                     data_iterator=iterators if len(modules.model) > 1 else iterators[0],
                     model=modules.model, num_microbatches=len(micro_batches),
                     seq_length=micro_batches[0].seq_length, micro_batch_size=micro_batches[0].micro_batch_size,

@@ -1,15 +1,14 @@
 """Build what a training step needs from the config: model chunks in DDP, optimizer, lr schedule.
 
 Assumes megatron's parallel state is initialised (runtime/distributed.py). One model chunk per
-virtual pipeline stage of this rank (one chunk without VPP); each is wrapped in megatron-core's
-DistributedDataParallel, whose contiguous grad buffers feed the (distributed) optimizer.
+virtual pipeline stage of this rank (one chunk without VPP), built by the objective's spec
+(objectives/); each is wrapped in megatron-core's DistributedDataParallel, whose contiguous grad
+buffers feed the (distributed) optimizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from megatron.core import parallel_state
@@ -23,14 +22,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from genlip_megatron.config.schema import padded_vocab_size
 from genlip_megatron.config.step_split import StepSplit
-from genlip_megatron.data.context_split import split_batch
-from genlip_megatron.model.aimv2 import build_aimv2_stage
-from genlip_megatron.model.aimv2_loss import aimv2_forward_step, prepare_aimv2_step
-from genlip_megatron.model.aimv2_specs import aimv2_transformer_configs
-from genlip_megatron.model.genlip import GenLIPModel
-from genlip_megatron.model.init import initialize_genlip
-from genlip_megatron.model.transformer_config import genlip_transformer_config
-from genlip_megatron.training.step import genlip_forward_step
+from genlip_megatron.objectives import registry
 
 
 @dataclass
@@ -40,32 +32,23 @@ class TrainingModules:
     scheduler: OptimizerParamScheduler
     transformer_config: object
     padded_vocab: int
-    # megatron forward_step_func for this objective, and what it consumes per micro-batch:
-    # prepare_micro_batches(micro_batches, step=...) -> one item per micro-batch
-    forward_step: Callable
-    prepare_micro_batches: Callable
+    cfg: object  # the run's Config
+    objective: object  # its ObjectiveSpec (objectives/registry.py): step preparation, forward, FLOPs
+    split: StepSplit  # how a step's global batch splits over this run's data-parallel ranks
 
 
-def build_model_chunks(cfg, transformer_config) -> list[GenLIPModel]:
+def build_model_chunks(cfg, transformer_config) -> list:
     """This rank's pipeline stages: [chunk for vp_stage in range(vpp)] (one chunk without VPP)."""
+    spec = registry.spec_for(cfg)
     vpp = cfg.parallel.virtual_pipeline_model_parallel_size
-    padded = padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size)
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
-        if cfg.model.objective == "aimv2":
-            chunks.append(build_aimv2_stage(
-                cfg, transformer_config,
-                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
-                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)))
-            continue
-        chunk = GenLIPModel(
-            transformer_config, cfg.model, padded,
+        chunks.append(spec.build_stage(
+            cfg, transformer_config,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
-            vp_stage=stage)
-        initialize_genlip(chunk, cfg.train.seed)  # official init, identical at every layout
-        chunks.append(chunk)
+            vp_stage=stage))
     return chunks
 
 
@@ -145,31 +128,13 @@ def build_scheduler(cfg, optimizer) -> OptimizerParamScheduler:
 
 
 def build_training_modules(cfg) -> TrainingModules:
-    aimv2 = cfg.model.objective == "aimv2"
-    transformer_config = aimv2_transformer_configs(cfg)[0] if aimv2 else genlip_transformer_config(cfg)
+    spec = registry.spec_for(cfg)
+    transformer_config = spec.transformer_config(cfg)
     chunks = build_model_chunks(cfg, transformer_config)
     model = wrap_ddp(cfg, chunks, transformer_config)
     _wire_schedule_hooks(cfg, transformer_config, model)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    if aimv2:
-        forward, prepare = aimv2_forward_step, partial(prepare_aimv2_step, model_cfg=cfg.model, seed=cfg.data.seed,
-                                                      split=StepSplit.of(cfg, parallel_state.get_data_parallel_world_size()))
-    elif cfg.parallel.context_parallel_size > 1:
-        forward, prepare = genlip_forward_step, partial(_context_shards, cp=cfg.parallel.context_parallel_size,
-                                                        chunks=cfg.parallel.context_parallel_chunks)
-    else:
-        forward, prepare = genlip_forward_step, _as_is
     return TrainingModules(model, optimizer, scheduler, transformer_config,
-                           padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size), forward, prepare)
-
-
-def _as_is(micro_batches: list, step: int) -> list:
-    return micro_batches
-
-
-def _context_shards(micro_batches: list, step: int, cp: int, chunks: int) -> list:
-    """This context-parallel rank's share of every micro-batch (every rank of the CP group reads the
-    same micro-batches and computes the same split, with no communication)."""
-    rank = parallel_state.get_context_parallel_rank()
-    return [split_batch(batch, cp, chunks, rank) for batch in micro_batches]
+                           padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size), cfg, spec,
+                           StepSplit.of(cfg, parallel_state.get_data_parallel_world_size()))

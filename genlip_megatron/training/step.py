@@ -1,9 +1,10 @@
 """One optimizer step: forward/backward over the step's micro-batches, global loss, guarded update.
 
-Loss (docs/batch.md): sum of next-token CE over loss positions of the WHOLE global batch divided by
-the number of those positions. With `calculate_per_token_loss`, `loss_func` returns (sum, count,
-report); megatron backpropagates the sums and `finalize_model_grads` divides the grads by the count
-all-reduced over data-parallel ranks, so the gradient is exact under any DP size / micro-batch split.
+What the step computes comes from the objective's spec (objectives/): `prepare_step` turns this
+rank's micro-batches into the items its `forward_step` consumes, and its loss_func returns (sum,
+count, report) for megatron's per-token accounting (`calculate_per_token_loss`): megatron
+backpropagates the sums and `finalize_model_grads` divides the grads by the count all-reduced over
+data-parallel ranks, so the gradient is exact under any DP size / micro-batch split.
 
 A step is skipped (no parameter, optimizer-state or lr-schedule change) when the global loss or the
 global grad norm is not finite. All ranks decide alike: both come from collectives.
@@ -14,15 +15,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
-
-from genlip_megatron.data.context_split import ContextShard
-from genlip_megatron.training.flops import ModelShape, count_tokens, train_step_flops
 
 
 @dataclass
@@ -37,26 +34,8 @@ class StepResult:
     save_requested: bool  # some rank asked for a checkpoint after this step (no stop)
     samples: int  # image-caption samples in the global batch
     tokens: int  # non-padding tokens in the global batch
-    flops: float  # model FLOPs of the step (training/flops.py), all ranks together
+    flops: float  # model FLOPs of the step (the objective's train_flops), all ranks together
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds on this rank
-
-
-def _loss_func(loss_mask: torch.Tensor, per_token_ce: torch.Tensor):
-    """per_token_ce fp32 [B, S] -> (CE sum, loss-token count, report) for megatron's schedule."""
-    mask = loss_mask.to(per_token_ce.dtype)
-    total = (per_token_ce * mask).sum()
-    count = mask.sum().to(torch.int)
-    return total, count, {"loss_sum_and_count": torch.stack([total.detach(), count.to(total.dtype)])}
-
-
-def genlip_forward_step(data_iterator, model):
-    """megatron forward_step_func: one GenLIP micro-batch through this model chunk: a PackedBatch, or
-    under context parallelism this rank's ContextShard of it (data/context_split.py)."""
-    batch = next(data_iterator).to(next(model.parameters()).device)
-    context = batch.positions if isinstance(batch, ContextShard) else None
-    output = model(batch.tokens, batch.image_patches, batch.is_image, batch.position_ids, batch.segment_ids,
-                   labels=batch.labels, spans=batch.spans, loss_mask=batch.loss_mask, context=context)
-    return output, partial(_loss_func, batch.loss_mask)
 
 
 def is_loss_reporter() -> bool:
@@ -77,7 +56,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.device,
+def train_step(modules, micro_batches: list, device: torch.device,
                stop_signal: bool = False, save_request: bool = False) -> StepResult:
     """Run one step on `micro_batches` (this rank's share of the global batch, in order).
 
@@ -86,14 +65,19 @@ def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.de
     model, optimizer = modules.model, modules.optimizer
     seconds = {}
     start = time.perf_counter()
-    inputs = modules.prepare_micro_batches(micro_batches, step=modules.scheduler.num_steps)
+    objective, cfg = modules.objective, modules.cfg
+    items = objective.prepare_step(cfg, micro_batches, split=modules.split, step=modules.scheduler.num_steps)
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     # Every virtual stage consumes every micro-batch (each needs positions and masks).
-    iterators = [iter(inputs) for _ in model]
+    iterators = [iter(items) for _ in model]
+
+    def forward_step(data_iterator, chunk):  # megatron's forward_step_func
+        return objective.forward_step(next(data_iterator), chunk)
+
     reports = get_forward_backward_func()(
-        forward_step_func=modules.forward_step,
+        forward_step_func=forward_step,
         data_iterator=iterators if len(model) > 1 else iterators[0],
         model=model, num_microbatches=len(micro_batches), seq_length=micro_batches[0].seq_length,
         micro_batch_size=micro_batches[0].micro_batch_size, forward_only=False)
@@ -106,11 +90,10 @@ def train_step(modules, micro_batches: list, shape: ModelShape, device: torch.de
         for report in reports:
             stats[:2] += report["loss_sum_and_count"].to(device, torch.float64)
     if is_batch_reporter():
-        for batch in micro_batches:
-            counts = count_tokens(batch.spans, batch.loss_mask)
-            stats[2] += counts.samples
-            stats[3] += counts.tokens
-            stats[4] += train_step_flops(shape, counts)
+        for batch, item in zip(micro_batches, items):
+            stats[2] += batch.num_samples
+            stats[3] += int((batch.spans[:, 2] - batch.spans[:, 0]).sum())
+            stats[4] += objective.train_flops(cfg, item)
     stats[5], stats[6] = float(stop_signal), float(save_request)
     dist.all_reduce(stats)  # one collective gives every rank the global loss, counts and flags
     loss_sum, loss_tokens, samples, tokens, flops, stops, saves = stats.tolist()

@@ -31,14 +31,13 @@ from genlip_megatron.checkpoint.run_dir import (
     save_now_path,
 )
 from genlip_megatron.checkpoint.sharded import load_checkpoint, save_checkpoint
-from genlip_megatron.config.step_split import StepSplit
 from genlip_megatron.config.validate import check
 from genlip_megatron.runtime import device as device_lib
 from genlip_megatron.training import end_of_run, faults
 from genlip_megatron.training.batches import build_batch_source
-from genlip_megatron.training.flops import ModelShape, mfu_peak_tflops
 from genlip_megatron.training.held_out import HeldOutLoss
 from genlip_megatron.training.metrics import MetricsLogger, throughput
+from genlip_megatron.training.mfu import mfu_peak_tflops
 from genlip_megatron.training.model_setup import build_training_modules
 from genlip_megatron.training.resume_policy import ResumePlan, apply_resume_plan, resume_plan, resume_source
 from genlip_megatron.training.run_banner import banner_lines, parameter_count
@@ -86,7 +85,7 @@ def restore_state(cfg, modules, source) -> tuple[int, dict, str, str | None]:
     apply_resume_plan(plan, cfg, modules, source, fresh_data)
     iteration = restored.pop("iteration", 0)
     counters.update(restored)
-    start = (f"{path} at step {iteration}" + (" (weights only)" if weights_only else "")
+    start = (f"resumed from {path} at step {iteration}" + (" (weights only)" if weights_only else "")
              + (f", with {'; '.join(plan.describe())}" if plan.changes else ""))
     return iteration, counters, start, path
 
@@ -102,8 +101,7 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
         check_writable(cfg.checkpoint.dir)
     source = batch_source or build_batch_source(cfg, dp_rank, dp_size)
     modules = build_training_modules(cfg)
-    shape = ModelShape.from_config(cfg.model, modules.padded_vocab)
-    micro_per_step = StepSplit.of(cfg, dp_size).micro_batches
+    micro_per_step = modules.split.micro_batches
     iteration, counters, start, path = restore_state(cfg, modules, source)
     params = parameter_count([chunk.module for chunk in modules.model])
     if rank == 0:
@@ -137,7 +135,7 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             micro_batches = [source.next() for _ in range(micro_per_step)]
             seconds = {"loader": time.perf_counter() - start}
             save_requested = _save_requested_by_file(cfg)
-            result = train_step(modules, micro_batches, shape, device, signals.requested, save_requested)
+            result = train_step(modules, micro_batches, device, signals.requested, save_requested)
             seconds.update(result.seconds)
             outcome.step_seconds.append(seconds)
             outcome.step_work.append((result.samples, result.tokens))
@@ -151,8 +149,8 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             start = time.perf_counter()
             metrics = dict(loss=result.loss, lr=current_lr(modules.optimizer), grad_norm=result.grad_norm,
                            skipped=int(result.skipped), skipped_steps=counters["skipped_steps"],
-                           samples=result.samples, tokens=result.tokens, seconds_per_step=step_seconds,
-                           consumed_samples=counters["consumed_samples"],
+                           samples=result.samples, tokens=result.tokens, flops=result.flops,
+                           seconds_per_step=step_seconds, consumed_samples=counters["consumed_samples"],
                            peak_memory_bytes=device_lib.peak_memory_bytes(),
                            **throughput(result.samples, result.tokens, result.flops, step_seconds, world, peak))
             logger.step(iteration, metrics)

@@ -6,13 +6,10 @@ from eval_fixtures import tiny_model, toy_images
 
 from genlip_megatron.config.load import load_config
 from genlip_megatron.config.schema import ModelConfig
+from genlip_megatron.convert.hf_config import genlip_hf_config as hf_config_from_model_config
 from genlip_megatron.convert.mcore_names import hf_to_mcore
-from genlip_megatron.eval.loading import (
-    hf_config_from_model_config,
-    load_model,
-    model_from_mcore_state_dict,
-    random_model,
-)
+from genlip_megatron.eval.loading import load_model
+from genlip_megatron.objectives.genlip.evaluation import model_from_mcore_state_dict, random_model
 
 
 def test_tiny_cpu_preset_maps_to_the_hf_config():

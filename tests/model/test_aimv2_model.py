@@ -103,7 +103,7 @@ def test_exported_encoder_loads_in_transformers_with_same_features(tmp_path, kin
 def test_presets_validate_and_describe_the_aimv2_encoders(preset, width, heads):
     from genlip_megatron.config.load import load_config
     from genlip_megatron.config.validate import validate
-    from genlip_megatron.convert.aimv2_names import vision_config_kwargs
+    from genlip_megatron.convert.hf_config import aimv2_vision_config_kwargs as vision_config_kwargs
 
     m = load_config(preset).model
     assert validate(load_config(preset), world_size=8) == []

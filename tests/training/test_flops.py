@@ -3,14 +3,8 @@
 import torch
 
 from genlip_megatron.hf.masks import prefix_lm_mask
-from genlip_megatron.training.flops import (
-    ModelShape,
-    bf16_peak_tflops,
-    count_tokens,
-    forward_flops,
-    mfu_peak_tflops,
-    train_step_flops,
-)
+from genlip_megatron.objectives.genlip.flops import ModelShape, count_tokens, forward_flops, train_step_flops
+from genlip_megatron.training.mfu import bf16_peak_tflops, mfu_peak_tflops
 
 # One packed row of S = 10: sample 0 = 2 image patches + 3 text, sample 1 = 1 patch + 2 text, 2 pad.
 SEGMENTS = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, -1, -1]], dtype=torch.int32)

@@ -1,4 +1,4 @@
-"""Model FLOPs of a GenLIP training step, and MFU against the BF16 peak of the detected GPU.
+"""Model FLOPs of a GenLIP training step (the GenLIP spec's formula; training/mfu.py turns FLOPs into MFU).
 
 The count is exact for the packed batch at hand (it reads the batch's sample spans), so packing
 efficiency and the prefix-LM mask's sparsity are accounted for, not averaged away. A matmul of
@@ -30,18 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-# Dense (no sparsity) BF16 tensor-core peaks, TFLOP/s, from the vendors' data sheets. Matched as
-# substrings of torch.cuda.get_device_name(), most specific first.
-BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),  # SXM
-    ("H200", 989.4),
-    ("GH200", 989.4),
-    ("B200", 2250.0),
-    ("A100", 312.0),
-)
 
 
 @dataclass(frozen=True)
@@ -105,22 +93,3 @@ def forward_flops(shape: ModelShape, counts: TokenCounts) -> int:
 def train_step_flops(shape: ModelShape, counts: TokenCounts) -> int:
     """Forward + backward (backward = 2 x forward)."""
     return 3 * forward_flops(shape, counts)
-
-
-def bf16_peak_tflops(device_name: str) -> float | None:
-    """Dense BF16 peak of a GPU by its name, or None when it is not in the table."""
-    for fragment, peak in BF16_PEAK_TFLOPS:
-        if fragment in device_name:
-            return peak
-    return None
-
-
-def mfu_peak_tflops(device: str, precision: str) -> float | None:
-    """The peak MFU is measured against, or None when MFU is not claimed.
-
-    No MFU on CPU (no meaningful peak) and none under FP8: FP8 matmuls run against a different peak,
-    and quoting BF16-based MFU for them would overstate utilisation.
-    """
-    if device != "cuda" or precision == "fp8" or not torch.cuda.is_available():
-        return None
-    return bf16_peak_tflops(torch.cuda.get_device_name())

@@ -1,0 +1,134 @@
+"""AIMv2's planner model: parameters, per-GPU memory, FLOPs and communication volume of a layout
+(`genlip plan aimv2_l14 ...`). Shared storage rules: objectives/planning.py.
+
+Shape of the work: the encoder (Le layers, width W) runs on the image patches only (the compact
+image stream), the decoder (Ld layers, width Hd) on every token; PP=2 puts the encoder (with the
+patch and token embeddings and the projection) on stage 0 and the decoder with both heads on stage 1.
+With n image and t text tokens per sample, a sequence of S tokens holds S / (n + t) samples and
+S n / (n + t) image tokens.
+
+Activations autograd saves per layer and token, in units of the layer's width H or SwiGLU width F
+(tests/launch/test_memory_estimate.py recounts them with saved_tensors_hooks on our AIMv2 layers,
+local spec, CPU): replicated unless sequence parallel: RMSNorm 1 and 2 inputs and outputs -> 4H;
+split by TP: attention (q, k, v, the SDPA output, the projection input; rotary copies of q and k in
+the decoder) and SwiGLU 3F. AIMv2 runs dense attention, so each layer also keeps the softmax
+probabilities of its S x S mask per head (Si x Si in the encoder). The heads keep fp32 logits at
+the text head's backward peak (8 bytes per [token, V/t] element) and the pixel predictions.
+Imports neither torch nor megatron.
+"""
+
+from __future__ import annotations
+
+from genlip_megatron.config.schema import padded_vocab_size
+from genlip_megatron.objectives.planning import (
+    LOGIT_BYTES,
+    element_bytes,
+    image_tokens,
+    in_flight,
+    training_state,
+)
+
+REPLICATED_H, ENCODER_ATTENTION_H, DECODER_ATTENTION_H, MLP_F = 4.0, 5.0, 7.0, 3.0
+
+
+def _patch_dim(m) -> int:
+    return m.num_channels * m.patch_size ** 2
+
+
+def stage_params(cfg, tp: int = 1) -> tuple[int, int]:
+    """(encoder part, decoder part) parameters: the two pipeline stages of PP=2."""
+    m = cfg.model
+    w, f, hd, fd = m.hidden_size, m.ffn_hidden_size, m.decoder_hidden_size, m.decoder_ffn_hidden_size
+    v = padded_vocab_size(m, tp)
+    grid = m.aimv2_image_size // m.patch_size
+    table = grid * grid * w if m.aimv2_position_embedding == "learned" else 0
+    embed = _patch_dim(m) * w + w + w + table  # patch Linear + bias, RMSNorm, position table
+    encoder = embed + m.num_layers * (4 * w * w + 3 * w * f + 2 * w) + w + w * hd + v * hd
+    decoder = m.decoder_num_layers * (4 * hd * hd + 3 * hd * fd + 2 * hd) + hd + hd * _patch_dim(m) + v * hd
+    return encoder, decoder
+
+
+def total_params(cfg, tp: int = 1) -> int:
+    return sum(stage_params(cfg, tp))
+
+
+def sample_shape(cfg, text_tokens: float) -> tuple[int, float, float]:
+    """(image tokens per sample, samples per sequence, image tokens per sequence)."""
+    n = image_tokens(cfg)
+    samples = cfg.data.seq_length / (n + text_tokens)
+    return n, samples, samples * n
+
+
+def _layer_bytes(cfg, layout, tokens: float, width: int, ffn: int, heads: int, attention_h: float,
+                 keys: float) -> float:
+    """Saved activations of one layer over `tokens` tokens of one micro-batch on one rank."""
+    t, e = layout.tp, element_bytes(cfg)
+    replicated = REPLICATED_H * width / (t if layout.sequence_parallel else 1)
+    block = tokens * (replicated + (attention_h * width + MLP_F * ffn) / t) * e
+    probs = heads / t * tokens * keys * e if layout.recompute == "none" else 0.0
+    return block + probs
+
+
+def memory_breakdown(cfg, layout, micro_batches: int, text_tokens: float) -> dict[str, float]:
+    """Bytes on the most loaded rank, by component (the larger stage under PP=2)."""
+    m, e = cfg.model, element_bytes(cfg)
+    mbs, cp = layout.micro_batch_size, layout.cp
+    _, samples, image = sample_shape(cfg, text_tokens)
+    seq, img = cfg.data.seq_length * mbs / cp, image * mbs / cp
+    per_sample = cfg.data.seq_length / samples  # keys of a query in the decoder's mask, at most
+    encoder_layer = _layer_bytes(cfg, layout, img, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
+                                 ENCODER_ATTENTION_H, image / samples)
+    decoder_layer = _layer_bytes(cfg, layout, seq, m.decoder_hidden_size, m.decoder_ffn_hidden_size,
+                                 m.decoder_num_attention_heads, DECODER_ATTENTION_H, per_sample)
+    split = layout.tp if layout.sequence_parallel else 1
+    if layout.recompute == "full":  # each layer's input, plus one layer being recomputed
+        encoder_act = m.num_layers * img * m.hidden_size / split * e + encoder_layer
+        decoder_act = m.decoder_num_layers * seq * m.decoder_hidden_size / split * e + decoder_layer
+    else:
+        encoder_act, decoder_act = m.num_layers * encoder_layer, m.decoder_num_layers * decoder_layer
+    heads = seq * (padded_vocab_size(m, layout.tp) / layout.tp * LOGIT_BYTES + _patch_dim(m) * 4)
+    enc_params, dec_params = stage_params(cfg, layout.tp)
+    held = in_flight(layout, micro_batches)
+    if layout.pp == 1:
+        return {**training_state(cfg, layout, (enc_params + dec_params) / layout.tp),
+                "activations": held * (encoder_act + decoder_act), "logits": heads}
+    encoder_stage = {**training_state(cfg, layout, enc_params / layout.tp), "activations": held * encoder_act}
+    decoder_stage = {**training_state(cfg, layout, dec_params / layout.tp), "activations": decoder_act,
+                     "logits": heads}
+    return max((encoder_stage, decoder_stage), key=lambda s: sum(s.values()))
+
+
+def expected_encoder_pairs(n: int) -> float:
+    """Mean allowed pairs of an n-patch image's encoder mask over the prefix draw p ~ U[1, n - 1]
+    (objectives/aimv2/flops.py has the per-p count)."""
+    if n < 2:
+        return float(n)
+    ps = range(1, n)
+    return sum(p * p + (n * (n + 1) - p * (p + 1)) / 2 for p in ps) / (n - 1)
+
+
+def step_flops(cfg, text_tokens: float) -> float:
+    """Model FLOPs of one optimizer step (3 forwards) over the global batch, mean samples."""
+    m = cfg.model
+    w, f, hd, fd = m.hidden_size, m.ffn_hidden_size, m.decoder_hidden_size, m.decoder_ffn_hidden_size
+    n, samples, image = sample_shape(cfg, text_tokens)
+    tokens, total = cfg.data.seq_length, n + text_tokens
+    encoder = 2 * image * _patch_dim(m) * w + m.num_layers * (
+        2 * image * (4 * w * w + 3 * w * f) + 4 * w * samples * expected_encoder_pairs(n))
+    decoder = m.decoder_num_layers * (2 * tokens * (4 * hd * hd + 3 * hd * fd)
+                                      + 4 * hd * samples * total * (total + 1) / 2)
+    heads = 2 * tokens * hd * (_patch_dim(m) + padded_vocab_size(m, 1))
+    forward = encoder + 2 * image * w * hd + decoder + heads
+    return 3 * forward * cfg.train.global_batch_size
+
+
+def traffic(cfg, layout, text_tokens: float) -> tuple[float, float]:
+    """(tokens x width summed over the layers of the busiest stage, per micro-batch; the decoder
+    stream [S, B, Hd] sent from the encoder stage to the decoder stage)."""
+    m = cfg.model
+    _, _, image = sample_shape(cfg, text_tokens)
+    mbs = layout.micro_batch_size / layout.cp
+    encoder = m.num_layers * image * mbs * m.hidden_size
+    decoder = m.decoder_num_layers * cfg.data.seq_length * mbs * m.decoder_hidden_size
+    sent = cfg.data.seq_length * mbs * m.decoder_hidden_size
+    return (encoder + decoder if layout.pp == 1 else max(encoder, decoder)), sent
