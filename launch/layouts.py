@@ -6,7 +6,8 @@ when TP leaves a node's NVLink domain, or when its memory estimate (the objectiv
 exceeds the GPU's usable memory. The rest are ranked by estimated step time.
 
 Step time (hardware.py states every number it uses):
-    compute   model FLOPs x (4/3 under full recompute) / GPUs / (peak x matmul efficiency)
+    compute   model FLOPs x (4/3 under full recompute) / GPUs / (peak x matmul efficiency), stretched
+              by the objective's pipeline-stage imbalance (AIMv2's encoder | decoder stages differ)
     bubble    compute x (p - 1) / (m v)                       (1F1B; v = VPP chunks, m micro-batches)
     TP        4 collectives per layer and micro-batch (6 with full recompute), each moving
               2 (t-1)/t x tokens x width x bytes of that layer, over NVLink; not overlapped
@@ -66,10 +67,12 @@ def estimate(cfg: Config, layout: Layout, gpus: int, gpu: GPU, a: Assumptions, t
     m = StepSplit(cfg.train.global_batch_size, layout.micro_batch_size, d).micro_batches
     flops = step_flops(cfg, text_tokens)
     peak = precision_peak_tflops(gpu, cfg.train.precision) * 1e12
+    spec = registry.spec_for(cfg)
     compute = flops * (4 / 3 if layout.recompute == "full" else 1) / gpus / (peak * a.matmul_efficiency)
+    compute *= spec.plan_stage_imbalance(cfg, layout, text_tokens)  # the slowest pipeline stage sets the pace
     seconds = {"compute": compute, "bubble": compute * (p - 1) / (m * (layout.vpp or 1))}
     # elements through one collective summed over the busiest stage's layers, and sent between stages
-    layer_elements, boundary_elements = registry.spec_for(cfg).plan_traffic(cfg, layout, text_tokens)
+    layer_elements, boundary_elements = spec.plan_traffic(cfg, layout, text_tokens)
     if t > 1:
         collectives = 6 if layout.recompute == "full" else 4
         moved = collectives * 2 * (t - 1) / t * layer_elements * e * m

@@ -86,6 +86,11 @@ class ObjectiveSpec:
         stages per micro-batch)."""
         raise self._missing("a communication model")
 
+    def plan_stage_imbalance(self, cfg, layout, text_tokens: float) -> float:
+        """The busiest pipeline stage's share of the work x PP (1.0 when stages are equal; the
+        planner stretches compute time by it)."""
+        return 1.0
+
     # -- evaluation (eval/) ----------------------------------------------------------------------
     def eval_model(self, state_dict: dict, cfg):
         """The single-process evaluation model (eval/'s interface: forward_packed, build_packed_inputs,

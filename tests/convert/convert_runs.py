@@ -6,6 +6,8 @@ multiple of the padding unit (so the padded rows of embedding and lm_head must b
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from packed_batch import packed_batch
 
@@ -101,14 +103,15 @@ def load_and_resave(path: str, run_dir: str, tp: int, pp: int) -> None:
 
 
 class _Recording:
-    """Wraps the synthetic source and keeps every micro-batch it hands out."""
+    """Wraps the synthetic source and keeps every micro-batch it hands out (as the dict of tensors the
+    plain-torch reference's loss_packed reads)."""
 
     def __init__(self, source):
         self.source, self.seen = source, []
 
     def next(self):
         batch = self.source.next()
-        self.seen.append(batch)
+        self.seen.append(dataclasses.asdict(batch))
         return batch
 
     def state_dict(self):

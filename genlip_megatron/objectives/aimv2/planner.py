@@ -7,14 +7,17 @@ patch and token embeddings and the projection) on stage 0 and the decoder with b
 With n image and t text tokens per sample, a sequence of S tokens holds S / (n + t) samples and
 S n / (n + t) image tokens.
 
-Activations autograd saves per layer and token, in units of the layer's width H or SwiGLU width F
-(tests/launch/test_memory_estimate.py recounts them with saved_tensors_hooks on our AIMv2 layers,
-local spec, CPU): replicated unless sequence parallel: RMSNorm 1 and 2 inputs and outputs -> 4H;
-split by TP: attention (q, k, v, the SDPA output, the projection input; rotary copies of q and k in
-the decoder) and SwiGLU 3F. AIMv2 runs dense attention, so each layer also keeps the softmax
-probabilities of its S x S mask per head (Si x Si in the encoder). The heads keep fp32 logits at
-the text head's backward peak (8 bytes per [token, V/t] element) and the pixel predictions.
-Imports neither torch nor megatron.
+Activations autograd saves per layer and token, in units of the layer's width H or SwiGLU width F,
+as torch.autograd.graph.saved_tensors_hooks counts them on our AIMv2 layers (local spec, CPU, fp32,
+2026-11; tests/launch/test_memory_estimate.py checks the whole estimate against a measured peak):
+    replicated unless sequence parallel: both RMSNorms' input, output and the next linear's input -> 6H
+    split by TP: encoder attention 5H (the fused qkv, the SDPA output, the projection input),
+                 decoder attention 9H (the same plus rotary angles and the rotated q and k),
+                 SwiGLU 5F (fc1's [gate ; up] output, the activation, the product)
+AIMv2 runs dense attention: torch's fused SDPA keeps no probabilities but saves the mask as a float
+[S, S] per row and layer (Si x Si in the encoder, Si = image tokens of the row), 4 bytes a pair.
+The heads keep fp32 logits at the text head's backward peak (8 bytes per [token, V/t] element) and
+the pixel predictions. Imports neither torch nor megatron.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from genlip_megatron.objectives.planning import (
     training_state,
 )
 
-REPLICATED_H, ENCODER_ATTENTION_H, DECODER_ATTENTION_H, MLP_F = 4.0, 5.0, 7.0, 3.0
+REPLICATED_H, ENCODER_ATTENTION_H, DECODER_ATTENTION_H, MLP_F = 6.0, 5.0, 9.0, 5.0
+MASK_BYTES = 4  # per (query, key) pair of a row: the float mask SDPA saves
 
 
 def _patch_dim(m) -> int:
@@ -59,27 +63,24 @@ def sample_shape(cfg, text_tokens: float) -> tuple[int, float, float]:
     return n, samples, samples * n
 
 
-def _layer_bytes(cfg, layout, tokens: float, width: int, ffn: int, heads: int, attention_h: float,
-                 keys: float) -> float:
-    """Saved activations of one layer over `tokens` tokens of one micro-batch on one rank."""
+def _layer_bytes(cfg, layout, tokens: float, width: int, ffn: int, attention_h: float, row: float) -> float:
+    """Saved activations of one layer over `tokens` tokens of one micro-batch on one rank, whose
+    dense mask spans `row` x `row` pairs per sequence."""
     t, e = layout.tp, element_bytes(cfg)
     replicated = REPLICATED_H * width / (t if layout.sequence_parallel else 1)
     block = tokens * (replicated + (attention_h * width + MLP_F * ffn) / t) * e
-    probs = heads / t * tokens * keys * e if layout.recompute == "none" else 0.0
-    return block + probs
+    return block + layout.micro_batch_size * row * row * MASK_BYTES
 
 
 def memory_breakdown(cfg, layout, micro_batches: int, text_tokens: float) -> dict[str, float]:
     """Bytes on the most loaded rank, by component (the larger stage under PP=2)."""
     m, e = cfg.model, element_bytes(cfg)
     mbs, cp = layout.micro_batch_size, layout.cp
-    _, samples, image = sample_shape(cfg, text_tokens)
+    _, _, image = sample_shape(cfg, text_tokens)
     seq, img = cfg.data.seq_length * mbs / cp, image * mbs / cp
-    per_sample = cfg.data.seq_length / samples  # keys of a query in the decoder's mask, at most
-    encoder_layer = _layer_bytes(cfg, layout, img, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
-                                 ENCODER_ATTENTION_H, image / samples)
+    encoder_layer = _layer_bytes(cfg, layout, img, m.hidden_size, m.ffn_hidden_size, ENCODER_ATTENTION_H, image)
     decoder_layer = _layer_bytes(cfg, layout, seq, m.decoder_hidden_size, m.decoder_ffn_hidden_size,
-                                 m.decoder_num_attention_heads, DECODER_ATTENTION_H, per_sample)
+                                 DECODER_ATTENTION_H, cfg.data.seq_length)
     split = layout.tp if layout.sequence_parallel else 1
     if layout.recompute == "full":  # each layer's input, plus one layer being recomputed
         encoder_act = m.num_layers * img * m.hidden_size / split * e + encoder_layer
@@ -107,8 +108,9 @@ def expected_encoder_pairs(n: int) -> float:
     return sum(p * p + (n * (n + 1) - p * (p + 1)) / 2 for p in ps) / (n - 1)
 
 
-def step_flops(cfg, text_tokens: float) -> float:
-    """Model FLOPs of one optimizer step (3 forwards) over the global batch, mean samples."""
+def forward_flops_per_part(cfg, text_tokens: float) -> tuple[float, float]:
+    """(encoder stage, decoder stage) model FLOPs of one forward over one sequence, mean samples:
+    patch embedding + encoder + projection; decoder + heads."""
     m = cfg.model
     w, f, hd, fd = m.hidden_size, m.ffn_hidden_size, m.decoder_hidden_size, m.decoder_ffn_hidden_size
     n, samples, image = sample_shape(cfg, text_tokens)
@@ -118,8 +120,20 @@ def step_flops(cfg, text_tokens: float) -> float:
     decoder = m.decoder_num_layers * (2 * tokens * (4 * hd * hd + 3 * hd * fd)
                                       + 4 * hd * samples * total * (total + 1) / 2)
     heads = 2 * tokens * hd * (_patch_dim(m) + padded_vocab_size(m, 1))
-    forward = encoder + 2 * image * w * hd + decoder + heads
-    return 3 * forward * cfg.train.global_batch_size
+    return encoder + 2 * image * w * hd, decoder + heads
+
+
+def step_flops(cfg, text_tokens: float) -> float:
+    """Model FLOPs of one optimizer step (3 forwards) over the global batch, mean samples."""
+    return 3 * sum(forward_flops_per_part(cfg, text_tokens)) * cfg.train.global_batch_size
+
+
+def stage_imbalance(cfg, layout, text_tokens: float) -> float:
+    """PP=2 runs the encoder and the decoder on different GPUs: the slower one sets the pace."""
+    if layout.pp == 1:
+        return 1.0
+    parts = forward_flops_per_part(cfg, text_tokens)
+    return layout.pp * max(parts) / sum(parts)
 
 
 def traffic(cfg, layout, text_tokens: float) -> tuple[float, float]:

@@ -106,6 +106,9 @@ class AIMv2Spec(ObjectiveSpec):
     def plan_traffic(self, cfg, layout, text_tokens: float) -> tuple[float, float]:
         return planner.traffic(cfg, layout, text_tokens)
 
+    def plan_stage_imbalance(self, cfg, layout, text_tokens: float) -> float:
+        return planner.stage_imbalance(cfg, layout, text_tokens)
+
     # -- evaluation -----------------------------------------------------------------------------
     def eval_model(self, state_dict: dict, cfg):
         from genlip_megatron.objectives.aimv2.evaluation import model_from_mcore_state_dict
