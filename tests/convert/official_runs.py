@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 
 def megatron_parameter_count(model_cfg) -> int:
     """Parameters of the megatron-core GenLIP at TP1 PP1, built on the meta device (nothing allocated)."""
@@ -19,14 +21,15 @@ def megatron_parameter_count(model_cfg) -> int:
 
 
 class _Recording:
-    """The synthetic batch source, keeping every micro-batch it hands out."""
+    """The synthetic batch source, keeping every micro-batch it hands out (as the dict of tensors the
+    plain-torch reference's loss_packed reads)."""
 
     def __init__(self, source):
         self.source, self.seen = source, []
 
     def next(self):
         batch = self.source.next()
-        self.seen.append(batch)
+        self.seen.append(dataclasses.asdict(batch))
         return batch
 
     def state_dict(self):

@@ -17,7 +17,8 @@ from genlip_megatron.objectives.spec import ObjectiveSpec
 
 class GenLIPSpec(ObjectiveSpec):
     description = "GenLIP: one prefix-LM transformer over [image][caption], caption next-token loss"
-    presets = ("tiny_cpu", "genlip_l16", "genlip_so16", "genlip_g16", "genlip_g16_stage2")
+    presets = ("tiny_cpu", "genlip_l16", "genlip_so16", "genlip_g16", "genlip_l16_stage2", "genlip_so16_stage2",
+               "genlip_g16_stage2")
     imports_hf = True
     export_targets = ("hf", "timm")
     eval_tasks = ("caption_loss", "zero_shot", "linear_probe", "attentive_probe", "captions")
