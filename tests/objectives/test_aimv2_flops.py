@@ -27,14 +27,16 @@ AIMV2 = ["model.objective=aimv2", "model.decoder_hidden_size=24", "model.decoder
 
 
 def _samples(batch, prefix):
-    """(image patches n, text tokens t, prefix patches p) of every sample, read position by position."""
+    """(image patches n, text tokens t, prefix patches p, loss positions l) of every sample, read
+    position by position."""
     out = []
     for r in range(batch.tokens.shape[0]):
         seg, img, pre = batch.segment_ids[r].tolist(), batch.is_image[r].tolist(), prefix[r].tolist()
+        loss = batch.loss_mask[r].tolist()
         for k in sorted(set(seg) - {-1}):
             here = [i for i, s in enumerate(seg) if s == k]
             n = sum(img[i] for i in here)
-            out.append((n, len(here) - n, sum(pre[i] for i in here)))
+            out.append((n, len(here) - n, sum(pre[i] for i in here), sum(loss[i] != 0 for i in here)))
     return out
 
 
@@ -52,7 +54,7 @@ def hand_count(cfg, step: int, dp_size: int) -> int:
         for micro, batch in enumerate(batches):
             prefix = random_image_prefix(batch.segment_ids, batch.is_image, cfg.data.seed, step - 1,
                                          split.rows(rank, micro))
-            for n, t, p in _samples(batch, prefix):
+            for n, t, p, loss in _samples(batch, prefix):
                 encoder_pairs = p * p + sum(i + 1 for i in range(p, n))
                 tokens = n + t
                 forward = (2 * n * d * w
@@ -60,7 +62,8 @@ def hand_count(cfg, step: int, dp_size: int) -> int:
                            + 2 * n * w * hd
                            + ld * (2 * tokens * 4 * hd * hd + 2 * tokens * 3 * hd * fd
                                    + 4 * hd * tokens * (tokens + 1) // 2)
-                           + 2 * tokens * hd * (d + v))
+                           + 2 * tokens * hd * d  # pixel head: every position
+                           + 2 * loss * hd * v)  # text head: the loss positions
                 total += 3 * forward
     return total
 
@@ -83,7 +86,7 @@ def test_attention_pairs_are_the_allowed_pairs_of_the_models_masks():
     cfg = tiny_config(AIMV2 + ["train.micro_batch_size=2"])
     batch = SyntheticBatches(cfg, 0, 1).next()
     prefix = random_image_prefix(batch.segment_ids, batch.is_image, 5, 3)
-    counts = count_tokens(batch.spans, prefix)
+    counts = count_tokens(batch.spans, prefix, batch.loss_mask)
     encoder = encoder_prefix_allowed(batch.segment_ids, batch.is_image, prefix)[:, 0]
     decoder = causal_sample_allowed(batch.segment_ids)[:, 0]
     image_queries = batch.is_image[:, :, None].expand_as(encoder)
@@ -91,4 +94,5 @@ def test_attention_pairs_are_the_allowed_pairs_of_the_models_masks():
     assert counts.encoder_pairs == int((encoder & image_queries).sum())
     assert counts.decoder_pairs == int((decoder & real_queries).sum())
     assert counts.image_tokens == int(batch.is_image.sum()) and counts.tokens == int(real_queries[:, :, 0].sum())
+    assert counts.loss_tokens == int(batch.loss_mask.sum())
     assert bool(prefix.any()) and bool((batch.is_image & ~prefix).any())  # both kinds of patch present

@@ -16,8 +16,9 @@ as torch.autograd.graph.saved_tensors_hooks counts them on our AIMv2 layers (loc
                  SwiGLU 5F (fc1's [gate ; up] output, the activation, the product)
 AIMv2 runs dense attention: torch's fused SDPA keeps no probabilities but saves the mask as a float
 [S, S] per row and layer (Si x Si in the encoder, Si = image tokens of the row), 4 bytes a pair.
-The heads keep fp32 logits at the text head's backward peak (8 bytes per [token, V/t] element) and
-the pixel predictions. Imports neither torch nor megatron.
+The heads keep fp32 logits at the text head's backward peak (8 bytes per [row, V/t] element; the
+text head runs on the loss positions only, every text token counted as one: an upper bound) and
+the pixel predictions of every position. Imports neither torch nor megatron.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def memory_breakdown(cfg, layout, micro_batches: int, text_tokens: float) -> dic
         decoder_act = m.decoder_num_layers * seq * m.decoder_hidden_size / split * e + decoder_layer
     else:
         encoder_act, decoder_act = m.num_layers * encoder_layer, m.decoder_num_layers * decoder_layer
-    heads = seq * (padded_vocab_size(m, layout.tp) / layout.tp * LOGIT_BYTES + _patch_dim(m) * 4)
+    text_rows = seq * text_tokens / (image_tokens(cfg) + text_tokens)
+    heads = text_rows * padded_vocab_size(m, layout.tp) / layout.tp * LOGIT_BYTES + seq * _patch_dim(m) * 4
     enc_params, dec_params = stage_params(cfg, layout.tp)
     held = in_flight(layout, micro_batches)
     if layout.pp == 1:
@@ -119,7 +121,8 @@ def forward_flops_per_part(cfg, text_tokens: float) -> tuple[float, float]:
         2 * image * (4 * w * w + 3 * w * f) + 4 * w * samples * expected_encoder_pairs(n))
     decoder = m.decoder_num_layers * (2 * tokens * (4 * hd * hd + 3 * hd * fd)
                                       + 4 * hd * samples * total * (total + 1) / 2)
-    heads = 2 * tokens * hd * (_patch_dim(m) + padded_vocab_size(m, 1))
+    # the text head runs on the loss positions only (every text token counted: an upper bound)
+    heads = 2 * tokens * hd * _patch_dim(m) + 2 * samples * text_tokens * hd * padded_vocab_size(m, 1)
     return encoder + 2 * image * w * hd, decoder + heads
 
 
