@@ -10,7 +10,7 @@ from tiny_runs import RankProcesses, read_metrics
 
 from genlip_megatron.config.load import load_config
 from genlip_megatron.config.schema import padded_vocab_size
-from genlip_megatron.eval.loading import hf_config_from_model_config
+from genlip_megatron.convert.hf_config import genlip_hf_config as hf_config_from_model_config
 from genlip_megatron.hf.modeling_genlip import GenLIPModel
 
 STEPS = 6
