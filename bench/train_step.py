@@ -82,6 +82,7 @@ def ours(conn, manifest: str, overrides: list[str], threads: int, steps: int, ro
 
     torch.set_num_threads(threads)
     from genlip_megatron.config.load import load_config
+    from genlip_megatron.config.step_split import StepSplit
     from genlip_megatron.runtime.distributed import destroy_distributed, init_distributed
     from genlip_megatron.training.batches import build_batch_source
     from genlip_megatron.training.trainer import run_training
@@ -94,7 +95,7 @@ def ours(conn, manifest: str, overrides: list[str], threads: int, steps: int, ro
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     init_distributed(0, 1, "127.0.0.1", port, device="cpu", seed=cfg.train.seed)
-    micro = cfg.train.global_batch_size // cfg.train.micro_batch_size
+    micro = StepSplit.of(cfg, dp_size=1).micro_batches
     conn.send({"ready": True, "config": {"seq_length": cfg.data.seq_length,
                                          "global_batch_size": cfg.train.global_batch_size,
                                          "micro_batch_size": cfg.train.micro_batch_size,

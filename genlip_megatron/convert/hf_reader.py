@@ -48,8 +48,9 @@ def read_hf_config(folder: str) -> GenLIPConfig:
     if not os.path.isfile(path):
         raise ConversionError(f"{folder}: no {CONFIG_FILE} (not a Hugging Face model folder)")
     raw = read_json_object(path)
-    if raw.get("model_type") != "genlip":
-        raise ConversionError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r}, expected 'genlip'")
+    if raw.get("model_type") != GenLIPConfig.model_type:
+        raise ConversionError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r}, "
+                              f"expected {GenLIPConfig.model_type!r}")
     try:
         return GenLIPConfig.from_dict(raw)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:

@@ -46,8 +46,11 @@ def test_exported_folder_reproduces_megatron_logits_and_features(trained):
                                    b["segment_ids"])
     mcore_logits = trained["logits"]
     assert mcore_logits.shape[-1] > VOCAB  # the padded rows were cut on export
-    torch.testing.assert_close(out["logits"], mcore_logits[..., :VOCAB], rtol=0, atol=TOLERANCE)
-    torch.testing.assert_close(out["hidden_states"], trained["features"], rtol=0, atol=TOLERANCE)
+    # Every token of a sample; pack padding carries no loss and the CPU fused kernel leaves it arbitrary.
+    real = b["segment_ids"] >= 0
+    assert 0 < int(real.sum()) < real.numel()
+    torch.testing.assert_close(out["logits"][real], mcore_logits[..., :VOCAB][real], rtol=0, atol=TOLERANCE)
+    torch.testing.assert_close(out["hidden_states"][real], trained["features"][real], rtol=0, atol=TOLERANCE)
 
 
 def test_folder_has_tokenizer_free_extras_and_a_model_card(trained):
