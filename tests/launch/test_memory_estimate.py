@@ -48,7 +48,7 @@ def test_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak():
     assert 0.8 <= ratio <= 1.2
 
 
-AIMV2_SMALL = ["model.objective=aimv2", "model.hidden_size=256", "model.num_attention_heads=4",
+AIMV2_SMALL = ["model.objective=aimv2", "model.attention=dense", "model.hidden_size=256", "model.num_attention_heads=4",
                "model.ffn_hidden_size=704", "model.num_layers=4", "model.decoder_hidden_size=256",
                "model.decoder_num_layers=4", "model.decoder_num_attention_heads=4", "model.decoder_ffn_hidden_size=704",
                "model.decoder_mrope_section=[10,11,11]", "model.aimv2_image_size=28", "model.vocab_size=4096",

@@ -38,6 +38,7 @@ def _python_env() -> list[str]:
 def _submit(run_dir: Path, *overrides: str) -> str:
     cmd = [sys.executable, "-m", "genlip_megatron.cli", "submit", "tiny_cpu", f"checkpoint.dir={run_dir}",
            "launch.nodes=1", "launch.gpus_per_node=2", "launch.cpus_per_rank=1", "logging.log_interval=1",
+           "train.micro_batch_size=4",  # tiny_cpu's one micro-batch of 8, over two ranks
            *_python_env(), *overrides]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent, check=False)
     assert done.returncode == 0, done.stderr

@@ -11,9 +11,10 @@ Activations autograd saves per layer and token, in units of the layer's width H 
 as torch.autograd.graph.saved_tensors_hooks counts them on our AIMv2 layers (local spec, CPU, fp32,
 2026-11; tests/launch/test_memory_estimate.py checks the whole estimate against a measured peak):
     replicated unless sequence parallel: both RMSNorms' input, output and the next linear's input -> 6H
-    split by TP: encoder attention 5H (the fused qkv, the SDPA output, the projection input),
-                 decoder attention 9H (the same plus rotary angles and the rotated q and k),
-                 SwiGLU 5F (fc1's [gate ; up] output, the activation, the product)
+    split by TP: encoder attention 4H (the fused qkv, the SDPA output),
+                 decoder attention 6.25H (the same plus the rotated q and k; RoPE is one compiled
+                 kernel that keeps only its angles, head_dim per token),
+                 SwiGLU 3F (bias + SwiGLU is one compiled kernel: fc1's [gate ; up] output 2F, fc2's F)
 AIMv2 runs dense attention: torch's fused SDPA keeps no probabilities but saves the mask as a float
 [S, S] per row and layer (Si x Si in the encoder, Si = image tokens of the row), 4 bytes a pair.
 The heads keep fp32 logits at the text head's backward peak (8 bytes per [row, V/t] element; the
@@ -32,7 +33,7 @@ from genlip_megatron.objectives.planning import (
     training_state,
 )
 
-REPLICATED_H, ENCODER_ATTENTION_H, DECODER_ATTENTION_H, MLP_F = 6.0, 5.0, 9.0, 5.0
+REPLICATED_H, ENCODER_ATTENTION_H, DECODER_ATTENTION_H, MLP_F = 6.0, 4.0, 6.25, 3.0
 MASK_BYTES = 4  # per (query, key) pair of a row: the float mask SDPA saves
 
 
