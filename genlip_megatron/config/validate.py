@@ -63,9 +63,9 @@ def _context_parallel(cfg: Config, bad: set[str]) -> list[str]:
     every path without it is refused here, in one line, instead of running unsplit."""
     p, m, cp = cfg.parallel, cfg.model, cfg.parallel.context_parallel_size
     out = []
-    if m.objective != "genlip":
+    if "model.objective" not in bad and not registry.get(m.objective).context_parallel:
         out.append(f"parallel.context_parallel_size={cp}: objective {m.objective!r} has no context "
-                   "parallelism (only genlip splits its packed sequences over CP ranks)")
+                   "parallelism (its spec does not split packed sequences over CP ranks)")
     if m.attention != "fused":
         out.append(f"parallel.context_parallel_size={cp} needs model.attention=fused (the dense path's "
                    "S x S mask has no context parallelism)")

@@ -26,6 +26,7 @@ class ObjectiveSpec:
     imports_hf: bool = False  # whether `convert from-hf` turns such a folder into a checkpoint
     export_targets: tuple[str, ...] = ()  # "hf", "timm": the `genlip convert to-*` it supports
     eval_tasks: tuple[str, ...] = ()  # eval/suite.py TASKS its evaluation model supports
+    context_parallel: bool = False  # whether prepare_step/forward_step split packs over CP ranks
 
     def _missing(self, what: str) -> NotProvided:
         return NotProvided(f"objective {type(self).__name__} does not provide {what}")

@@ -132,8 +132,8 @@ def test_context_parallel_paths_without_it_are_refused_in_one_line_each():
         ("parallel.context_parallel_size=2 needs model.attention=fused (the dense path's S x S mask has "
          "no context parallelism)")]
     assert problems("aimv2_l14", "parallel.context_parallel_size=2")[0] == (
-        "parallel.context_parallel_size=2: objective 'aimv2' has no context parallelism (only genlip splits "
-        "its packed sequences over CP ranks)")
+        "parallel.context_parallel_size=2: objective 'aimv2' has no context parallelism (its spec does not "
+        "split packed sequences over CP ranks)")
 
 
 def test_context_parallel_needs_sequences_that_split_into_equal_chunks():

@@ -6,9 +6,10 @@ import pytest
 
 from genlip_megatron.cli import main
 from genlip_megatron.config.load import load_config
+from genlip_megatron.objectives.genlip.planner import activation_bytes_per_layer
 from launch.hardware import GPUS, Assumptions
 from launch.layouts import plan
-from launch.memory import GIB, Layout, activation_bytes_per_layer, memory_breakdown, total_params
+from launch.memory import GIB, Layout, memory_breakdown, total_params
 
 
 def test_g16_parameter_count_matches_the_hand_count():

@@ -20,7 +20,7 @@ from genlip_megatron.objectives.aimv2.flops import count_tokens
 from genlip_megatron.training.batches import SyntheticBatches
 from genlip_megatron.training.metrics import throughput
 
-AIMV2 = ["model.objective=aimv2", "model.decoder_hidden_size=24", "model.decoder_num_layers=2",
+AIMV2 = ["model.objective=aimv2", "model.attention=dense", "model.decoder_hidden_size=24", "model.decoder_num_layers=2",
          "model.decoder_num_attention_heads=4", "model.decoder_ffn_hidden_size=48",
          "model.decoder_mrope_section=[1,1,1]", "model.aimv2_image_size=8", "model.layer_norm_eps=1e-5",
          "schedule.train_iters=2"]

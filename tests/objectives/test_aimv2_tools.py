@@ -26,7 +26,7 @@ from genlip_megatron.eval.loading import load_model
 from genlip_megatron.eval.sequences import text_layout
 from genlip_megatron.training.batches import SyntheticBatches
 
-AIMV2 = ["model.objective=aimv2", "model.decoder_hidden_size=24", "model.decoder_num_layers=2",
+AIMV2 = ["model.objective=aimv2", "model.attention=dense", "model.decoder_hidden_size=24", "model.decoder_num_layers=2",
          "model.decoder_num_attention_heads=4", "model.decoder_ffn_hidden_size=48",
          "model.decoder_mrope_section=[1,1,1]", "model.aimv2_image_size=8", "model.layer_norm_eps=1e-5",
          "model.vocab_size=320", "schedule.train_iters=2", "checkpoint.save_interval=2"]

@@ -49,8 +49,6 @@ class AIMv2Spec(ObjectiveSpec):
                        "without virtual pipeline")
         if m.pixel_loss_weight == 0 and m.text_loss_weight == 0:
             out.append("model.pixel_loss_weight=0 and model.text_loss_weight=0: AIMv2 would train on no loss")
-        if p.context_parallel_size > 1:
-            out.append(f"parallel.context_parallel_size={p.context_parallel_size}: AIMv2 has no context parallelism")
         if m.attention != "dense":
             out.append(f"model.attention={m.attention}: AIMv2 needs dense (the fused path is GenLIP's prefix-LM)")
         if m.aimv2_position_embedding == "learned" and (d.native_resolution or d.image_size != m.aimv2_image_size):

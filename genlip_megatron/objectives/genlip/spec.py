@@ -22,6 +22,7 @@ class GenLIPSpec(ObjectiveSpec):
     imports_hf = True
     export_targets = ("hf", "timm")
     eval_tasks = ("caption_loss", "zero_shot", "linear_probe", "attentive_probe", "captions")
+    context_parallel = True  # data/context_split.py + model/context_attention.py
 
     @property
     def hf_model_type(self) -> str:
