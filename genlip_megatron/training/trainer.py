@@ -85,7 +85,7 @@ def restore_state(cfg, modules, source) -> tuple[int, dict, str, str | None]:
     apply_resume_plan(plan, cfg, modules, source, fresh_data)
     iteration = restored.pop("iteration", 0)
     counters.update(restored)
-    start = (f"resumed from {path} at step {iteration}" + (" (weights only)" if weights_only else "")
+    start = (f"{path} at step {iteration}" + (" (weights only)" if weights_only else "")
              + (f", with {'; '.join(plan.describe())}" if plan.changes else ""))
     return iteration, counters, start, path
 
