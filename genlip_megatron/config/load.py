@@ -136,7 +136,7 @@ def _yaml11_hint(value: Any) -> str:
 
 
 # Keys that configured nothing and were removed: (the value every config saved before held, why).
-# A saved config (a checkpoint's config.yaml) still loads; any other value is refused with the reason.
+# A saved config (the config a checkpoint saved) still loads; any other value is refused with the reason.
 RETIRED: dict[str, tuple[Any, str]] = {
     "optimizer.name": ("adamw", "removed: AdamW is the only optimizer (megatron-core's, decoupled weight decay)"),
 }
