@@ -79,7 +79,8 @@ class PackedLoader:
     def state_dict(self) -> dict:
         num = sum(self.dataset.shard_sizes)
         return {"consumed_samples": self.consumed_samples, "epoch": self.consumed_samples // num,
-                "seed": self.schedule_args["seed"]}
+                "seed": self.schedule_args["seed"],
+                "dataset": self.dataset.manifest.content_id}  # which data the position counts in
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.schedule_args["seed"]:

@@ -12,6 +12,7 @@ is not the manifest's or whose vocabulary is smaller than the largest token id i
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import json
 import os
@@ -56,6 +57,14 @@ class Manifest:
     @property
     def tokenizer_path(self) -> str:
         return os.path.join(self.root, self.tokenizer["file"])
+
+    @property
+    def content_id(self) -> str:
+        """The identity of what the dataset holds (shards by content, prompt, tokenizer), not where it
+        lives: a copy in another folder has the same id (a resumed run may read its dataset from there)."""
+        shards = [[s.name, s.num_samples, s.bin_sha256, s.idx_sha256] for s in self.shards]
+        text = json.dumps([self.prompt_template, self.tokenizer.get("sha256"), shards])
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def shard_prefix(self, i: int) -> str:
         return os.path.join(self.root, self.shards[i].name)

@@ -9,6 +9,8 @@ Keys that may change only when named (`checkpoint.allow_changes=[schedule.train_
     optimizer.*       applied from the next step (lr and min_lr through the schedule above; betas,
                       eps, weight decay and clipping set on the optimizer); Adam's moments are kept
     data.manifest     the new dataset starts its own sampler state: its order from position 0
+                      (the same shards in another folder - a copy, a move - are no change: the run
+                      goes on at its position without naming anything)
 
 Keys that may differ freely, because they do not change what is trained (how it is laid out, run,
 logged, checkpointed, evaluated or launched): see FREE. Everything else cannot change on resume
@@ -72,12 +74,34 @@ class ResumePlan:
     """What an allowed change asks the trainer to do after loading the checkpoint."""
 
     changes: list = field(default_factory=list)  # (key, saved, current)
+    moved: list = field(default_factory=list)  # (key, saved, current): the same dataset at another path
 
     def touches(self, kind: str) -> bool:
         return any(ALLOWABLE[key] == kind for key, _, _ in self.changes)
 
     def describe(self) -> list[str]:
-        return [f"{key}: {old!r} -> {new!r}" for key, old, new in self.changes]
+        return ([f"{key}: {old!r} -> {new!r}" for key, old, new in self.changes]
+                + [f"{key}: {old!r} -> {new!r} (the same shards: the sampler position is kept)"
+                   for key, old, new in self.moved])
+
+
+def same_dataset(checkpoint: str, saved_ref: str, current_ref: str) -> bool:
+    """Whether dataset `current_ref` holds the very shards the checkpoint trained on (copied or moved to
+    another folder): its content id equals the one in the checkpoint's data state (or, for checkpoints
+    without one, the content id of `saved_ref` when that is still readable)."""
+    from genlip_megatron.checkpoint.safe_load import load_common
+    from genlip_megatron.data.manifest import Manifest
+    from genlip_megatron.data.shards import ShardError
+
+    try:
+        current = Manifest.load(current_ref).content_id
+        data = load_common(checkpoint).get("data")
+        saved = data.get("dataset") if isinstance(data, dict) else None
+        if saved is None and saved_ref:
+            saved = Manifest.load(saved_ref).content_id
+    except (ShardError, CheckpointError):
+        return False
+    return saved == current
 
 
 def resume_plan(saved, current, checkpoint: str) -> ResumePlan:
@@ -89,6 +113,9 @@ def resume_plan(saved, current, checkpoint: str) -> ResumePlan:
         raise ConfigError([f"checkpoint.allow_changes: {key} cannot change when resuming (only "
                            f"{', '.join(ALLOWABLE)} can); {FINETUNE_HINT}" for key in never])
     changes = config_changes(saved, current)
+    moved = [(key, old, new) for key, old, new in changes
+             if key == "data.manifest" and old and new and same_dataset(checkpoint, old, new)]
+    changes = [change for change in changes if change not in moved]
     refused = [(key, old, new) for key, old, new in changes if key not in allowed]
     if refused:
         lines = [f"resuming from {checkpoint} with a config that differs from the checkpoint's:"]
@@ -103,7 +130,7 @@ def resume_plan(saved, current, checkpoint: str) -> ResumePlan:
             lines.append(f"{', '.join(fixed)} cannot change when resuming: restore the checkpoint's value, or "
                          f"{FINETUNE_HINT}")
         raise ConfigError(lines)
-    return ResumePlan(changes)
+    return ResumePlan(changes, moved)
 
 
 def resume_source(cfg) -> tuple[str | None, bool]:

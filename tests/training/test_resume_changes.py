@@ -7,6 +7,7 @@ run says so; no preset shares a default run folder."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from fmnist_run import TINY_REAL, build_dataset, genlip
@@ -131,6 +132,22 @@ def test_a_new_manifest_starts_its_own_sampler_state(two_datasets, tmp_path):
     # while the original run had moved on in its own dataset
     assert (CheckpointReader(str(original / "iter_0000004")).common["data"]
             != CheckpointReader(str(fresh / "iter_0000002")).common["data"])
+
+
+def test_the_same_shards_in_another_folder_are_no_change(two_datasets, tmp_path):
+    """A dataset copied or moved (to scratch, another mount) resumes at its position, nothing to name."""
+    first, _ = two_datasets
+    original, resumed = tmp_path / "original", tmp_path / "resumed"
+    assert run_on_ranks(2, train_in_pool, _real(first, original, 4), timeout=600)[0]["exit_code"] == 0
+    copy = shutil.copytree(first, tmp_path / "scratch" / "copy")
+    result = run_on_ranks(2, train_in_pool, _real(copy, resumed, 4) + [f"checkpoint.load={original}/iter_0000002"],
+                          timeout=600)[0]
+    assert sorted(result["losses"]) == [3, 4]
+    before = {m["step"]: (m["samples"], m["loss"]) for m in read_metrics(str(original)) if "loss" in m}
+    after = {m["step"]: (m["samples"], m["loss"]) for m in read_metrics(str(resumed)) if "loss" in m}
+    assert [after[3], after[4]] == [before[3], before[4]]  # the same samples, the same losses: no restart
+    assert (CheckpointReader(str(resumed / "iter_0000004")).common["data"]
+            == CheckpointReader(str(original / "iter_0000004")).common["data"])
 
 
 def test_a_complete_run_says_so_and_trains_nothing(tmp_path):
