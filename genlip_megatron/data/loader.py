@@ -78,9 +78,12 @@ class PackedLoader:
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         num = sum(self.dataset.shard_sizes)
-        return {"consumed_samples": self.consumed_samples, "epoch": self.consumed_samples // num,
-                "seed": self.schedule_args["seed"],
-                "dataset": self.dataset.manifest.content_id}  # which data the position counts in
+        state = {"consumed_samples": self.consumed_samples, "epoch": self.consumed_samples // num,
+                 "seed": self.schedule_args["seed"]}
+        manifest = getattr(self.dataset, "manifest", None)  # shard datasets have one; test doubles do not
+        if manifest is not None:
+            state["dataset"] = manifest.content_id  # which data the position counts in (resume_policy.py)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.schedule_args["seed"]:
