@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=int, default=20000, help="Fashion-MNIST training images to use")
     parser.add_argument("--test", type=int, default=1000, help="held-out test images to evaluate on")
     parser.add_argument("--probe-train", type=int, default=5000, help="training images the probes are fitted on")
-    parser.add_argument("--templates", type=int, default=1, help="zero-shot templates per class (1..5)")
+    parser.add_argument("--templates", type=int, default=5,
+                        help="zero-shot templates per class (1..5; scores averaged over them)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and evaluation")
     parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary (<= the preset's 512)")
     parser.add_argument("--seed", type=int, default=0)

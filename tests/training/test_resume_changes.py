@@ -48,7 +48,7 @@ def test_a_longer_train_iters_extends_the_schedule_as_a_fresh_run_of_that_length
 def test_an_unallowed_change_is_refused_with_the_key_by_key_diff(tmp_path):
     run = tmp_path / "run"
     _train(["schedule.train_iters=4", f"checkpoint.dir={run}"])
-    args = ["train", "tiny_cpu", *TINY, *BASE, f"checkpoint.dir={run}", "schedule.train_iters=8", "optimizer.lr=2.0e-3",
+    args = ["train", "tiny_cpu", *TINY, *BASE, f"checkpoint.dir={run}", "schedule.train_iters=8", "optimizer.lr=3.0e-3",
             "model.ffn_hidden_size=48"]
     done = genlip(args, cwd=str(tmp_path))
     assert done.returncode == 1
@@ -56,7 +56,7 @@ def test_an_unallowed_change_is_refused_with_the_key_by_key_diff(tmp_path):
     lines = lines[next(i for i, line in enumerate(lines) if line.startswith("resuming from")):]  # after import noise
     assert lines[0] == f"resuming from {run}/iter_0000004 with a config that differs from the checkpoint's:"
     assert lines[1:4] == ["  model.ffn_hidden_size: 64 (checkpoint) -> 48 (now)",
-                          "  optimizer.lr: 0.001 (checkpoint) -> 0.002 (now)",
+                          "  optimizer.lr: 0.002 (checkpoint) -> 0.003 (now)",
                           "  schedule.train_iters: 4 (checkpoint) -> 8 (now)"]
     assert "checkpoint.allow_changes=[optimizer.lr,schedule.train_iters]" in lines[4]
     assert lines[5].startswith("model.ffn_hidden_size cannot change when resuming")
@@ -96,7 +96,7 @@ def test_changed_optimizer_settings_apply_from_the_next_step(tmp_path):
     _train(["schedule.train_iters=8", f"checkpoint.dir={fresh}", *new])
     got, want = _lrs(tmp_path / "resumed"), _lrs(fresh)
     assert [got[s] for s in range(5, 9)] == [want[s] for s in range(5, 9)]
-    with pytest.raises(RankError, match="optimizer.lr: 0.001 \\(checkpoint\\) -> 0.003 \\(now\\)"):
+    with pytest.raises(RankError, match="optimizer.lr: 0.002 \\(checkpoint\\) -> 0.003 \\(now\\)"):
         run_on_ranks(2, optimizer_after_resume, BASE + resume[:-1], timeout=600)
 
 
