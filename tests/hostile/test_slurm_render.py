@@ -52,7 +52,7 @@ def site(tmp_path, monkeypatch):
 
 def _config(work, launcher: str = "torchrun", **launch) -> str:
     data = {"base": "tiny_cpu",
-            "train": {"device": "cpu", "synthetic_data": True},
+            "train": {"device": "cpu", "synthetic_data": True, "micro_batch_size": 4},  # 8 over 2 ranks
             "checkpoint": {"dir": f"run {HOSTILE}"},
             "launch": {"launcher": launcher, "gpus_per_node": 2, "time": "10",
                        "signal_lead_s": 60, "venv": str(work / f"venv {HOSTILE}"),
