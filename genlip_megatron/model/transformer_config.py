@@ -5,7 +5,7 @@ The architecture switches that make megatron-core's layer a GenLIP layer live he
 no dropout, per-token loss accounting. Fusions that need apex/TE kernels are switched off; they are
 re-enabled by the TE spec where TE provides them. Fusions megatron-core compiles itself (`jit_fuser`,
 torch.compile: bias + SwiGLU) are on for every device, and RoPE runs through our fused kernel
-(model/rope_kernel.py).
+(model/rope_kernel.py); model/compile_settings.py makes their kernels static per shape.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from genlip_megatron.config.schema import Config, head_dim
-from genlip_megatron.model import rope_kernel
+from genlip_megatron.model import compile_settings, rope_kernel
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
@@ -28,6 +28,7 @@ def genlip_transformer_config(cfg: Config) -> TransformerConfig:
                           "recompute_num_layers": m.recompute_num_layers}}[m.recompute]
     fp8 = {"fp8": "hybrid", "fp8_recipe": "delayed"} if t.precision == "fp8" else {}
     rope_kernel.install()  # before TransformerConfig checks that a fused RoPE kernel exists
+    compile_settings.apply()  # one static kernel per shape: results never depend on what ran before
     return TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
