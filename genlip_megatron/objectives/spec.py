@@ -68,29 +68,41 @@ class ObjectiveSpec:
         raise self._missing("a FLOPs formula")
 
     # -- planning (launch/plan.py) ---------------------------------------------------------------
+    # An objective plans through its planner module (objectives/<name>/planner.py), which provides
+    # total_params(cfg, tp), step_flops(cfg, text_tokens), memory_breakdown(cfg, layout,
+    # micro_batches, text_tokens), traffic(cfg, layout, text_tokens) and, when its pipeline stages
+    # are unequal, stage_imbalance(cfg, layout, text_tokens). None: it cannot be planned.
+    planner = None
+
+    def _planner(self, what: str):
+        if self.planner is None:
+            raise self._missing(what)
+        return self.planner
+
     def plan_params(self, cfg, tp: int = 1) -> int:
         """Parameters of the whole model (vocabulary padded for `tp`)."""
-        raise self._missing("a parameter count")
+        return self._planner("a parameter count").total_params(cfg, tp)
 
     def plan_flops(self, cfg, text_tokens: float) -> float:
         """Model FLOPs of one optimizer step over the global batch, for samples of the configured
         image size with `text_tokens` text tokens each."""
-        raise self._missing("a planner FLOPs estimate")
+        return self._planner("a planner FLOPs estimate").step_flops(cfg, text_tokens)
 
     def plan_memory(self, cfg, layout, micro_batches: int, text_tokens: float) -> dict[str, float]:
         """Bytes on the most loaded GPU of `layout` (launch/memory.Layout), by component."""
-        raise self._missing("a memory model")
+        return self._planner("a memory model").memory_breakdown(cfg, layout, micro_batches, text_tokens)
 
     def plan_traffic(self, cfg, layout, text_tokens: float) -> tuple[float, float]:
         """(activation elements one tensor-parallel collective moves, summed over the layers of the
         busiest pipeline stage, per micro-batch; activation elements sent between two pipeline
         stages per micro-batch)."""
-        raise self._missing("a communication model")
+        return self._planner("a communication model").traffic(cfg, layout, text_tokens)
 
     def plan_stage_imbalance(self, cfg, layout, text_tokens: float) -> float:
         """The busiest pipeline stage's share of the work x PP (1.0 when stages are equal; the
         planner stretches compute time by it)."""
-        return 1.0
+        imbalance = getattr(self.planner, "stage_imbalance", None)
+        return imbalance(cfg, layout, text_tokens) if imbalance else 1.0
 
     # -- evaluation (eval/) ----------------------------------------------------------------------
     def eval_model(self, state_dict: dict, cfg):

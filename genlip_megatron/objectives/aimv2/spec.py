@@ -10,7 +10,7 @@ planner model and evaluation model next to this file.
 from __future__ import annotations
 
 from genlip_megatron.config.schema import padded_vocab_size
-from genlip_megatron.objectives.aimv2 import planner
+from genlip_megatron.objectives.aimv2 import planner as aimv2_planner
 from genlip_megatron.objectives.spec import ObjectiveSpec
 
 AIMV2_PIPELINE_SIZES = (1, 2)  # PP=2: stage 0 = encoder, stage 1 = decoder
@@ -26,6 +26,7 @@ class AIMv2Spec(ObjectiveSpec):
     imports_hf = False  # the export holds the encoder only
     export_targets = ("hf",)
     eval_tasks = ("caption_loss", "linear_probe", "attentive_probe", "captions")
+    planner = aimv2_planner  # objectives/<name>/planner.py (ObjectiveSpec's plan_* read it)
 
     @property
     def hf_model_type(self) -> str:
@@ -90,22 +91,6 @@ class AIMv2Spec(ObjectiveSpec):
         padded = padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size)
         return train_step_flops(AIMv2Shape.from_config(cfg.model, padded),
                                 count_tokens(item.batch.spans, item.image_prefix, item.batch.loss_mask))
-
-    # -- planning -------------------------------------------------------------------------------
-    def plan_params(self, cfg, tp: int = 1) -> int:
-        return planner.total_params(cfg, tp)
-
-    def plan_flops(self, cfg, text_tokens: float) -> float:
-        return planner.step_flops(cfg, text_tokens)
-
-    def plan_memory(self, cfg, layout, micro_batches: int, text_tokens: float) -> dict[str, float]:
-        return planner.memory_breakdown(cfg, layout, micro_batches, text_tokens)
-
-    def plan_traffic(self, cfg, layout, text_tokens: float) -> tuple[float, float]:
-        return planner.traffic(cfg, layout, text_tokens)
-
-    def plan_stage_imbalance(self, cfg, layout, text_tokens: float) -> float:
-        return planner.stage_imbalance(cfg, layout, text_tokens)
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_model(self, state_dict: dict, cfg):

@@ -142,8 +142,9 @@ def step_flops(cfg, text_tokens: float) -> float:
     return 3 * forward_flops_per_sequence(cfg, text_tokens) * cfg.train.global_batch_size
 
 
-def traffic(cfg, layout) -> tuple[float, float]:
+def traffic(cfg, layout, text_tokens: float = 0.0) -> tuple[float, float]:
     """(tokens x width summed over the layers of one stage, per micro-batch; tokens x width sent
-    between stages per micro-batch): every layer runs on the whole sequence at width H."""
+    between stages per micro-batch): every layer runs on the whole sequence at width H, whatever
+    the samples' text share (text_tokens, which AIMv2's traffic needs, does not change it)."""
     activation = sequence_tokens(cfg, layout) * cfg.model.hidden_size
     return activation * cfg.model.num_layers / layout.pp, activation

@@ -11,7 +11,7 @@ this file. Heavy imports happen inside the methods, so naming the spec costs no 
 from __future__ import annotations
 
 from genlip_megatron.config.schema import head_dim, padded_vocab_size
-from genlip_megatron.objectives.genlip import planner
+from genlip_megatron.objectives.genlip import planner as genlip_planner
 from genlip_megatron.objectives.spec import ObjectiveSpec
 
 
@@ -22,6 +22,7 @@ class GenLIPSpec(ObjectiveSpec):
     imports_hf = True
     export_targets = ("hf", "timm")
     eval_tasks = ("caption_loss", "zero_shot", "linear_probe", "attentive_probe", "captions")
+    planner = genlip_planner  # objectives/<name>/planner.py (ObjectiveSpec's plan_* read it)
     context_parallel = True  # data/context_split.py + model/context_attention.py
 
     @property
@@ -86,19 +87,6 @@ class GenLIPSpec(ObjectiveSpec):
         batch = whole_batch(item)
         padded = padded_vocab_size(cfg.model, cfg.parallel.tensor_model_parallel_size)
         return train_step_flops(ModelShape.from_config(cfg.model, padded), count_tokens(batch.spans, batch.loss_mask))
-
-    # -- planning -------------------------------------------------------------------------------
-    def plan_params(self, cfg, tp: int = 1) -> int:
-        return planner.total_params(cfg, tp)
-
-    def plan_flops(self, cfg, text_tokens: float) -> float:
-        return planner.step_flops(cfg, text_tokens)
-
-    def plan_memory(self, cfg, layout, micro_batches: int, text_tokens: float) -> dict[str, float]:
-        return planner.memory_breakdown(cfg, layout, micro_batches, text_tokens)
-
-    def plan_traffic(self, cfg, layout, text_tokens: float) -> tuple[float, float]:
-        return planner.traffic(cfg, layout)
 
     # -- evaluation -----------------------------------------------------------------------------
     def eval_model(self, state_dict: dict, cfg):
