@@ -36,28 +36,26 @@ def metrics_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def read_losses(metrics_jsonl: str) -> tuple[list[int], list[float]]:
-    """(steps, losses) from the trainer's metrics.jsonl; the last record of a step wins (resumes)."""
-    losses: dict[int, float] = {}
+def _read_series(metrics_jsonl: str, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values of `key`) from the trainer's metrics.jsonl; the last record of a step wins."""
+    values: dict[int, float] = {}
     with open(metrics_jsonl, encoding="utf-8") as f:
         for line in f:
             record = json.loads(line)
-            if "loss" in record and "step" in record:
-                losses[int(record["step"])] = float(record["loss"])
-    steps = sorted(losses)
-    return steps, [losses[s] for s in steps]
+            if key in record and "step" in record:
+                values[int(record["step"])] = float(record[key])
+    steps = sorted(values)
+    return steps, [values[s] for s in steps]
+
+
+def read_losses(metrics_jsonl: str) -> tuple[list[int], list[float]]:
+    """(steps, training losses); after a resume the repeated steps' last record wins."""
+    return _read_series(metrics_jsonl, "loss")
 
 
 def read_eval_losses(metrics_jsonl: str) -> tuple[list[int], list[float]]:
     """(steps, held-out losses) of the evaluations a run logged (training/held_out.py)."""
-    losses: dict[int, float] = {}
-    with open(metrics_jsonl, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if "eval/caption_loss" in record and "step" in record:
-                losses[int(record["step"])] = float(record["eval/caption_loss"])
-    steps = sorted(losses)
-    return steps, [losses[s] for s in steps]
+    return _read_series(metrics_jsonl, "eval/caption_loss")
 
 
 def plot_loss_curve(steps: Sequence[int], losses: Sequence[float], path: str, title: str = "training loss",
