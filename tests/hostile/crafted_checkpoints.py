@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -264,3 +267,18 @@ NEIGHBOURS = [
     backend_garbage, distcp_tensor_deflated, distcp_truncated, distcp_missing, common_numpy,
     common_namespace, common_deflated, common_truncated, common_not_a_dict, common_missing,
 ]
+
+
+def train_tiny_cli(run_dir, steps: int) -> subprocess.CompletedProcess:
+    """`genlip train tiny_cpu` (the TINY settings) as its own single-rank process, resuming whatever
+    run_dir holds with the schedule extended to `steps` (named, as a longer run must be)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "genlip_megatron.cli", "train", "tiny_cpu", *TINY,
+                           f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
+                           "checkpoint.allow_changes=[schedule.train_iters]"],
+                          capture_output=True, text=True, timeout=280, env=env)

@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from crafted_checkpoints import INCOMPLETE, NEIGHBOURS, PAYLOADS, TINY, resume_error, train_tiny
+from crafted_checkpoints import (
+    INCOMPLETE,
+    NEIGHBOURS,
+    PAYLOADS,
+    resume_error,
+    train_tiny,
+    train_tiny_cli,
+)
 from harness import PEAK_MB_LIMIT, Marker, run_command, snapshot
 from multiproc import run_on_ranks
 from PIL import Image
@@ -118,20 +122,6 @@ def test_training_resume_refuses_a_crafted_checkpoint(genuine, tmp_path, craft):
     assert snapshot(run_dir) == before
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _genlip_train(run_dir, steps: int):
-    env = dict(os.environ, MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "genlip_megatron.cli", "train", "tiny_cpu", *TINY,
-                           f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
-                           "checkpoint.allow_changes=[schedule.train_iters]"],
-                          capture_output=True, text=True, timeout=280, env=env)
 
 
 @pytest.mark.slow
@@ -139,7 +129,7 @@ def _genlip_train(run_dir, steps: int):
 def test_genlip_train_refuses_a_crafted_checkpoint_in_one_line_and_resumes_once_repaired(
         genuine, tmp_path, craft):
     run_dir, marker, named = _crafted(genuine, tmp_path, craft)
-    done = _genlip_train(run_dir, STEPS + 2)
+    done = train_tiny_cli(run_dir, STEPS + 2)
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(errors) == 1 and named in errors[0] and "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -148,7 +138,7 @@ def test_genlip_train_refuses_a_crafted_checkpoint_in_one_line_and_resumes_once_
 
     shutil.rmtree(run_dir / LATEST)
     shutil.copytree(genuine / "run" / LATEST, run_dir / LATEST)
-    done = _genlip_train(run_dir, STEPS + 2)
+    done = train_tiny_cli(run_dir, STEPS + 2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "latest").read_text().strip() == f"iter_{STEPS + 2:07d}"
 

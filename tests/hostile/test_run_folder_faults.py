@@ -15,12 +15,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
-import sys
 
 import pytest
-from crafted_checkpoints import TINY, train_tiny
+from crafted_checkpoints import train_tiny, train_tiny_cli
 from harness import run_command, snapshot
 from multiproc import run_on_ranks
 
@@ -198,17 +196,6 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def _genlip_train(run_dir, steps: int) -> subprocess.CompletedProcess:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "genlip_megatron.cli", "train", "tiny_cpu", *TINY,
-                           f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
-                           "checkpoint.allow_changes=[schedule.train_iters]"],
-                          capture_output=True, text=True, timeout=280, env=env)
 
 
 def _error_lines(done) -> list[str]:
@@ -220,14 +207,14 @@ def _error_lines(done) -> list[str]:
 def test_real_full_disk_at_save_is_one_line_and_the_run_completes_once_there_is_room(genuine, tmp_path, tmpfs):
     disk = tmpfs("1100k")  # room for one checkpoint of the tiny model, not two
     run_dir = disk / "run"
-    done = _genlip_train(run_dir, 4)
+    done = train_tiny_cli(run_dir, 4)
     [line] = _error_lines(done)
     assert done.returncode == 2 and "No space left on device" in line and str(run_dir) in line, done.stderr
     assert (run_dir / "latest").read_text() == "iter_0000002\n" and layout.is_complete(str(run_dir / "iter_0000002"))
     before = snapshot(run_dir / "iter_0000002")
     subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)  # the operator frees space
     assert snapshot(run_dir / "iter_0000002") == before
-    done = _genlip_train(run_dir, 4)
+    done = train_tiny_cli(run_dir, 4)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run_dir / "latest").read_text() == "iter_0000004\n"
 
@@ -236,7 +223,7 @@ def test_real_full_disk_at_save_is_one_line_and_the_run_completes_once_there_is_
 def test_real_full_disk_while_writing_is_one_line_and_leaves_no_partial_folder(tmp_path, tmpfs):
     disk = tmpfs("800k")  # passes the size estimate of the first checkpoint, not its real size
     run_dir = disk / "run"
-    done = _genlip_train(run_dir, 2)
+    done = train_tiny_cli(run_dir, 2)
     [line] = _error_lines(done)
     assert done.returncode == 2 and line.startswith("genlip train: error: No space left on device while saving "
                                                     f"checkpoint {run_dir}/iter_0000002"), done.stderr
@@ -247,7 +234,7 @@ def test_read_only_run_folder_fails_at_start_in_one_line(genuine, tmp_path, tmpf
     disk = tmpfs("8m")
     shutil.copytree(genuine, disk / "run")
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-    done = _genlip_train(disk / "run", 6)
+    done = train_tiny_cli(disk / "run", 6)
     [line] = _error_lines(done)
     assert done.returncode == 2 and "Read-only file system (EROFS)" in line and str(disk / "run") in line
 
