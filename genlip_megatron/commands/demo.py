@@ -4,7 +4,8 @@ Stages, each a library call or the `genlip train` command, each timed:
   1. data       Debian's Fashion-MNIST -> PNGs + captions JSONL (data_tools/fashion_mnist.py)
   2. tokenizer  byte-level BPE fitted on the training captions and the prompt
   3. shards     `genlip shards build` of the training JSONL (+ merge -> manifest.json)
-  4. train      `genlip train tiny_cpu` in a child process on 2 CPU threads, a FIXED number of steps
+  4. train      `genlip train tiny_cpu` under torchrun: --ranks data-parallel ranks sharing --threads
+                CPU threads (default 2 ranks x 1 thread, docs/cpu_speed.md), a FIXED number of steps
                 (the preset's schedule.train_iters: ~10 minutes on 2 quiet cores; a busy machine takes
                 longer but learns the same), checkpoints every --reference-steps
   5. reference  the plain PyTorch loop (eval/reference_training.py) trains the HF model - the exported
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--templates", type=int, default=5,
                         help="zero-shot templates per class (1..5; scores averaged over them)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and evaluation")
+    parser.add_argument("--ranks", type=int, default=2,
+                        help="data-parallel training processes; they share --threads (default 2: one thread "
+                             "each on 2 cores, faster than one process on two threads)")
     parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary (<= the preset's 512)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -102,32 +105,35 @@ def build_data(out: str, args) -> dict:
     return paths
 
 
-def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: int,
+def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: int, ranks: int,
            eval_manifest: str | None = None) -> int:
-    """`genlip train tiny_cpu` as a child process (its own process group and megatron state)."""
+    """`genlip train tiny_cpu` on `ranks` data-parallel CPU processes under torchrun (its own process
+    group and megatron state), `threads` CPU threads shared among them."""
+    from genlip_megatron.config.load import load_config
+    from launch.local import torchrun_command
+
+    global_batch = load_config(PRESET).train.global_batch_size
+    if ranks < 1 or global_batch % ranks:
+        raise ValueError(f"--ranks {ranks} must divide the preset's global batch of {global_batch} sequences")
     overrides = [f"data.manifest={manifest}", f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
                  f"checkpoint.save_interval={save_every}", f"checkpoint.keep_last={steps // save_every + 1}",
+                 f"train.micro_batch_size={global_batch // ranks}",  # one micro-batch per rank and step
                  "logging.progress_bar=false", "logging.log_interval=100"]
     if eval_manifest:  # ~10 held-out points on the loss curve, each over EVAL_ITERS global batches
         overrides += [f"data.eval_manifest={eval_manifest}", f"train.eval_interval={max(10, steps // 10)}",
                       f"train.eval_iters={EVAL_ITERS}"]
-    # The child reads its thread count from OMP_NUM_THREADS; the config has no such key by design.
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None)  # a single-process run, whatever launched us
-    env["MASTER_PORT"] = str(_free_port())  # the default 29500 may belong to another run on this host
-    child = subprocess.Popen([sys.executable, "-m", "genlip_megatron.cli", "train", PRESET, *overrides], env=env)
+    # Each rank reads its thread count from OMP_NUM_THREADS; the config has no such key by design.
+    per_rank = str(max(1, threads // ranks))
+    env = {**os.environ, "OMP_NUM_THREADS": per_rank, "MKL_NUM_THREADS": per_rank, "PYTHONUNBUFFERED": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # torchrun --standalone sets them; ignore whatever launched us
+    child = subprocess.Popen(torchrun_command(ranks, PRESET, overrides), env=env)
     try:
         return child.wait()
     except KeyboardInterrupt:
-        child.send_signal(signal.SIGTERM)  # the trainer finishes the step, saves, exits 75
+        child.send_signal(signal.SIGTERM)  # torchrun forwards it; each rank finishes the step, saves, exits 75
         child.wait()
         raise
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plan(args) -> tuple[int, int]:
@@ -162,7 +168,7 @@ def run(args) -> int:
             print(f"[demo] training {steps} steps (fixed; ~10 minutes on 2 quiet cores)", flush=True)
             with _stage(timings, "train"):
                 code = _train(run_dir, paths["manifest"], steps, reference_steps or steps, args.threads,
-                              paths["eval_manifest"])
+                              args.ranks, paths["eval_manifest"])
             if code != 0:
                 raise RuntimeError(f"training exited with {code}; see its log above")
         reference = None
