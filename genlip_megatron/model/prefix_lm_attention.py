@@ -18,7 +18,7 @@ from genlip_megatron.model.context_attention import (
     gather_keys_values,
     prefix_lm_context_attention,
 )
-from genlip_megatron.model.varlen_attention import prefix_lm_varlen_attention
+from genlip_megatron.model.varlen_attention import prefix_lm_block_attention, prefix_lm_varlen_attention
 
 
 class PrefixLMVarlenAttention(MegatronModule):
@@ -34,6 +34,11 @@ class PrefixLMVarlenAttention(MegatronModule):
                 attention_bias=None, packed_seq_params=None):
         """query/key/value: [S', B, h, d] (S' = S/cp under CP) -> context [S', B, h * d]."""
         s, b, h, d = query.shape
+        if packed_seq_params is None and not query.is_cuda:
+            # CPU blocks gather straight from the [S, B] order: no transposes in or out.
+            q, k, v = (t.flatten(0, 1) for t in (query, key, value))
+            out = prefix_lm_block_attention(q, k, v, attention_mask, self.softmax_scale, rows=b, sequence_major=True)
+            return out.view(s, b, h * d)
         q, k, v = (t.transpose(0, 1).reshape(b * s, h, d) for t in (query, key, value))
         if isinstance(packed_seq_params, ContextParallelParams):
             k, v = gather_keys_values(k, v, packed_seq_params)

@@ -121,45 +121,74 @@ class SampleBlocks:
 
     Samples are bucketed by ceil(log2(length)), so a bucket pads its samples to at most twice their
     length; a pack of similar samples (the usual case) is ONE bucket. Bucket g holds K_g samples as
-    rows of L_g slots (L_g = its longest sample).
+    rows of L_g slots (L_g = its longest sample). Token indices address the flattened tokens in the
+    order the caller holds them: row-major [B * S] (rows=1 for a single stream), or sequence-major
+    [S * B] (megatron-core's [S, B, ...] activations flattened without a transpose).
 
-    gathers[g]: int64 [K_g * L_g], the flat token at slot j of row i (i * L_g + j); padding slots
-        repeat the sample's first token (nobody attends to them; their outputs are dropped).
+    gathers[g]: int64 [K_g * L_g], the token at slot j of row i (i * L_g + j); padding slots repeat
+        the sample's first token (nobody attends to them; their outputs are dropped).
     allowed[g]: bool [K_g, 1, L_g, L_g], query slot may see key slot: the sample's image keys, and its
         text keys causally; padding slots are seen by nobody. A padding query still sees the sample's
         keys, so no softmax row is empty.
+    token_slots[g], in_bucket[g]: int64 and bool [num_tokens], each token's slot within bucket g, and
+        whether it has one there (gradients of the gathers into bucket g).
+    slot_tokens: int64 [sum of K_g * L_g], the gathers of all buckets concatenated.
+    valid_slots: bool [sum of K_g * L_g], the slots that hold a sample's token (not padding).
     scatter: int64 [num_tokens], each token's slot in the concatenation of all buckets' slots; tokens
         of no sample (pack padding) read slot 0 (their output is never used: no loss, nobody reads it).
-    Both directions are gathers (index_select): their backward is an index_add, not a scatter.
+    Both directions are gathers, and so are their gradients (`_GatherRows`): a token has exactly one
+    valid slot, and padding slots and pack padding carry no gradient.
     """
 
     gathers: tuple
     allowed: tuple
+    token_slots: tuple
+    in_bucket: tuple
+    slot_tokens: torch.Tensor
+    valid_slots: torch.Tensor
     scatter: torch.Tensor
 
 
-def sample_blocks(spans: torch.Tensor, num_tokens: int) -> SampleBlocks:
-    """The padded per-sample layout of a pack of `num_tokens` flattened tokens (spans: [K, 3])."""
+def sample_blocks(spans: torch.Tensor, num_tokens: int, rows: int = 1, sequence_major: bool = False
+                  ) -> SampleBlocks:
+    """The padded per-sample layout of a pack of `num_tokens` flattened tokens (spans: [K, 3], offsets
+    into the row-major [rows * S] stream). With sequence_major, token indices address the [S * rows]
+    flattening instead (token (b, s) at s * rows + b)."""
     starts, text_starts, ends = spans.unbind(1)
     lengths = ends - starts
     device = spans.device
     scatter = torch.zeros(num_tokens, dtype=torch.long, device=device)
+    in_sample = torch.zeros(num_tokens, dtype=torch.bool, device=device)
     buckets = torch.ceil(torch.log2(lengths.clamp(min=1).double())).long()
-    gathers, allowed, offset = [], [], 0
+    gathers, allowed, valid_slots, offset = [], [], [], 0
     for bucket in torch.unique(buckets).tolist():
-        rows = torch.nonzero(buckets == bucket).squeeze(1)
-        start, length, images = starts[rows], lengths[rows], (text_starts - starts)[rows]
+        members = torch.nonzero(buckets == bucket).squeeze(1)
+        start, length, images = starts[members], lengths[members], (text_starts - starts)[members]
         slots = torch.arange(int(length.max()), device=device)
         valid = slots[None, :] < length[:, None]
         gather = torch.where(valid, start[:, None] + slots[None, :], start[:, None]).reshape(-1)
         flat_valid = valid.reshape(-1)
         scatter[gather[flat_valid]] = offset + torch.arange(len(gather), device=device)[flat_valid]
+        in_sample[gather[flat_valid]] = True
         image_key = slots[None, None, :] < images[:, None, None]  # [K_g, 1, L_g]
         causal = slots[None, :, None] >= slots[None, None, :]  # [1, L_g, L_g]
         gathers.append(gather)
         allowed.append(((image_key | causal) & valid[:, None, :]).unsqueeze(1))
+        valid_slots.append(flat_valid)
         offset += len(gather)
-    return SampleBlocks(tuple(gathers), tuple(allowed), scatter)
+    if sequence_major:
+        seq = num_tokens // rows
+        gathers = [(g % seq) * rows + g // seq for g in gathers]
+        scatter = scatter.view(rows, seq).t().reshape(-1)
+        in_sample = in_sample.view(rows, seq).t().reshape(-1)
+    token_slots, in_bucket, offset = [], [], 0
+    for gather in gathers:
+        inside = in_sample & (scatter >= offset) & (scatter < offset + len(gather))
+        token_slots.append(torch.where(inside, scatter - offset, 0))
+        in_bucket.append(inside)
+        offset += len(gather)
+    return SampleBlocks(tuple(gathers), tuple(allowed), tuple(token_slots), tuple(in_bucket), torch.cat(gathers),
+                        torch.cat(valid_slots), scatter)
 
 
 class _LastLayout:
@@ -170,30 +199,53 @@ class _LastLayout:
     layout: SampleBlocks | None = None
 
     @classmethod
-    def of(cls, spans: torch.Tensor, num_tokens: int) -> SampleBlocks:
-        key = (spans, spans._version, num_tokens)
+    def of(cls, spans: torch.Tensor, num_tokens: int, rows: int, sequence_major: bool) -> SampleBlocks:
+        key = (spans, spans._version, num_tokens, rows, sequence_major)
         if cls.key is None or cls.key[0] is not spans or cls.key[1:] != key[1:]:
-            cls.key, cls.layout = key, sample_blocks(spans, num_tokens)
+            cls.key, cls.layout = key, sample_blocks(spans, num_tokens, rows, sequence_major)
         return cls.layout
 
 
-def prefix_lm_block_attention(q, k, v, spans, scale: float) -> torch.Tensor:
+class _GatherRows(torch.autograd.Function):
+    """out = x[index] along dim 0, where `inverse` gives each row of x the one row of out that holds
+    it (where `keep`); every other row of out that repeats it carries zero gradient. So the gradient
+    is a gather too, x.grad = out.grad[inverse] where keep else 0, instead of index_select's
+    zero-filled serial index_add."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse, keep):
+        ctx.save_for_backward(inverse, keep)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inverse, keep = ctx.saved_tensors
+        shape = (-1,) + (1,) * (grad.dim() - 1)
+        return grad.index_select(0, inverse).masked_fill_(~keep.view(shape), 0.0), None, None, None
+
+
+def prefix_lm_block_attention(q, k, v, spans, scale: float, rows: int = 1, sequence_major: bool = False
+                              ) -> torch.Tensor:
     """Prefix-LM attention of flattened tokens as one SDPA call per length bucket of padded samples
     (the CPU path; one call for a pack of similar samples).
 
     Args and result as `prefix_lm_varlen_attention`, except that pack padding positions (tokens of no
-    sample) hold an arbitrary finite value instead of zero.
+    sample) hold an arbitrary finite value instead of zero and pass no gradient back, and that with
+    sequence_major q, k, v (and the result) hold the tokens in [S * rows] order (megatron-core's
+    [S, B, h, d] flattened: no transposes).
     """
     tokens, heads, dim = q.shape
-    layout = _LastLayout.of(spans, tokens)
+    layout = _LastLayout.of(spans, tokens, rows, sequence_major)
     outputs = []
-    for gather, allowed in zip(layout.gathers, layout.allowed):
-        rows, width = allowed.shape[0], allowed.shape[-1]
-        qg, kg, vg = (t.index_select(0, gather).view(rows, width, heads, dim).transpose(1, 2) for t in (q, k, v))
+    for gather, allowed, token_slots, in_bucket in zip(layout.gathers, layout.allowed, layout.token_slots,
+                                                       layout.in_bucket):
+        count, width = allowed.shape[0], allowed.shape[-1]
+        qg, kg, vg = (_GatherRows.apply(t, gather, token_slots, in_bucket)
+                      .view(count, width, heads, dim).transpose(1, 2) for t in (q, k, v))
         o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=allowed, scale=scale)
-        outputs.append(o.transpose(1, 2).reshape(rows * width, heads, dim))
+        outputs.append(o.transpose(1, 2).reshape(count * width, heads, dim))
     flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return flat.index_select(0, layout.scatter)
+    return _GatherRows.apply(flat, layout.scatter, layout.slot_tokens, layout.valid_slots)
 
 
 def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> torch.Tensor:

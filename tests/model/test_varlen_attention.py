@@ -10,13 +10,25 @@ from packed_batch import packed_batch
 
 from genlip_megatron.hf.masks import prefix_lm_allowed
 from genlip_megatron.model.varlen_attention import (
+    prefix_lm_block_attention,
     prefix_lm_spans,
     prefix_lm_varlen_attention,
     sample_blocks,
     varlen_attention_reference,
 )
 
+
+
+def _sequence_major_blocks(q, k, v, spans, scale):
+    """The CPU block path on tokens held [S, B] (megatron-core's order), mapped back to [B, S]."""
+    rows = len(ROWS)
+    to_sb = [t.view(rows, SEQ, *t.shape[1:]).transpose(0, 1).flatten(0, 1) for t in (q, k, v)]
+    out = prefix_lm_block_attention(*to_sb, spans, scale, rows=rows, sequence_major=True)
+    return out.view(SEQ, rows, *out.shape[1:]).transpose(0, 1).flatten(0, 1)
+
+
 PATHS = {"cpu_blocks": prefix_lm_varlen_attention,
+         "cpu_blocks_sequence_major": _sequence_major_blocks,
          "varlen_decomposition": partial(prefix_lm_varlen_attention, kernel=varlen_attention_reference)}
 
 ROWS = [[(3, 4, 9), (2, 3, 8), (1, 1, 2)], [(4, 4, 12), (3, 3, 7)], [(2, 2, 3)]]
@@ -104,3 +116,8 @@ def test_sample_blocks_pad_to_the_longest_sample_with_a_prefix_lm_block_mask():
     assert sorted(flat[real].tolist()) == sorted(set(flat[real].tolist())) and int(real.sum()) == 89
     assert torch.equal(flat[layout.scatter[flat[real]]], flat[real])
     assert (layout.scatter[38:SEQ] == 0).all()  # pack padding of row 0 reads slot 0
+    # the gradient maps: slot -> token where valid, and per bucket token -> its slot there
+    assert torch.equal(layout.valid_slots, real) and torch.equal(layout.slot_tokens, flat)
+    for gather, token_slots, in_bucket in zip(layout.gathers, layout.token_slots, layout.in_bucket):
+        assert torch.equal(gather[token_slots[in_bucket]], torch.nonzero(in_bucket).squeeze(1))
+    assert sum(int(m.sum()) for m in layout.in_bucket) == 89 and not layout.in_bucket[0][38:SEQ].any()
