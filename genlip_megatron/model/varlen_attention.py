@@ -130,10 +130,10 @@ class SampleBlocks:
     allowed[g]: bool [K_g, 1, L_g, L_g], query slot may see key slot: the sample's image keys, and its
         text keys causally; padding slots are seen by nobody. A padding query still sees the sample's
         keys, so no softmax row is empty.
-    token_slots[g], in_bucket[g]: int64 and bool [num_tokens], each token's slot within bucket g, and
-        whether it has one there (gradients of the gathers into bucket g).
+    token_slots[g]: int64 [num_tokens], each token's slot within bucket g (0 for a token with none there);
+    tokens_elsewhere[g]: int64, the tokens with no slot in bucket g (other buckets', pack padding).
     slot_tokens: int64 [sum of K_g * L_g], the gathers of all buckets concatenated.
-    valid_slots: bool [sum of K_g * L_g], the slots that hold a sample's token (not padding).
+    padding_slots: int64, the slots (of all buckets concatenated) that hold no sample's token.
     scatter: int64 [num_tokens], each token's slot in the concatenation of all buckets' slots; tokens
         of no sample (pack padding) read slot 0 (their output is never used: no loss, nobody reads it).
     Both directions are gathers, and so are their gradients (`_GatherRows`): a token has exactly one
@@ -143,9 +143,9 @@ class SampleBlocks:
     gathers: tuple
     allowed: tuple
     token_slots: tuple
-    in_bucket: tuple
+    tokens_elsewhere: tuple
     slot_tokens: torch.Tensor
-    valid_slots: torch.Tensor
+    padding_slots: torch.Tensor
     scatter: torch.Tensor
 
 
@@ -181,14 +181,15 @@ def sample_blocks(spans: torch.Tensor, num_tokens: int, rows: int = 1, sequence_
         gathers = [(g % seq) * rows + g // seq for g in gathers]
         scatter = scatter.view(rows, seq).t().reshape(-1)
         in_sample = in_sample.view(rows, seq).t().reshape(-1)
-    token_slots, in_bucket, offset = [], [], 0
+    token_slots, tokens_elsewhere, offset = [], [], 0
     for gather in gathers:
         inside = in_sample & (scatter >= offset) & (scatter < offset + len(gather))
         token_slots.append(torch.where(inside, scatter - offset, 0))
-        in_bucket.append(inside)
+        tokens_elsewhere.append(torch.nonzero(~inside).squeeze(1))
         offset += len(gather)
-    return SampleBlocks(tuple(gathers), tuple(allowed), tuple(token_slots), tuple(in_bucket), torch.cat(gathers),
-                        torch.cat(valid_slots), scatter)
+    padding_slots = torch.nonzero(~torch.cat(valid_slots)).squeeze(1)
+    return SampleBlocks(tuple(gathers), tuple(allowed), tuple(token_slots), tuple(tokens_elsewhere),
+                        torch.cat(gathers), padding_slots, scatter)
 
 
 class _LastLayout:
@@ -208,20 +209,19 @@ class _LastLayout:
 
 class _GatherRows(torch.autograd.Function):
     """out = x[index] along dim 0, where `inverse` gives each row of x the one row of out that holds
-    it (where `keep`); every other row of out that repeats it carries zero gradient. So the gradient
-    is a gather too, x.grad = out.grad[inverse] where keep else 0, instead of index_select's
-    zero-filled serial index_add."""
+    it, except the rows `unheld` of x, which get none; every other row of out that repeats a row of x
+    carries zero gradient. So the gradient is a gather too, x.grad = out.grad[inverse] with the
+    unheld rows zeroed (a few), instead of index_select's zero-filled serial index_add."""
 
     @staticmethod
-    def forward(ctx, x, index, inverse, keep):
-        ctx.save_for_backward(inverse, keep)
+    def forward(ctx, x, index, inverse, unheld):
+        ctx.save_for_backward(inverse, unheld)
         return x.index_select(0, index)
 
     @staticmethod
     def backward(ctx, grad):
-        inverse, keep = ctx.saved_tensors
-        shape = (-1,) + (1,) * (grad.dim() - 1)
-        return grad.index_select(0, inverse).masked_fill_(~keep.view(shape), 0.0), None, None, None
+        inverse, unheld = ctx.saved_tensors
+        return grad.index_select(0, inverse).index_fill_(0, unheld, 0.0), None, None, None
 
 
 def prefix_lm_block_attention(q, k, v, spans, scale: float, rows: int = 1, sequence_major: bool = False
@@ -237,15 +237,15 @@ def prefix_lm_block_attention(q, k, v, spans, scale: float, rows: int = 1, seque
     tokens, heads, dim = q.shape
     layout = _LastLayout.of(spans, tokens, rows, sequence_major)
     outputs = []
-    for gather, allowed, token_slots, in_bucket in zip(layout.gathers, layout.allowed, layout.token_slots,
-                                                       layout.in_bucket):
+    for gather, allowed, token_slots, elsewhere in zip(layout.gathers, layout.allowed, layout.token_slots,
+                                                       layout.tokens_elsewhere):
         count, width = allowed.shape[0], allowed.shape[-1]
-        qg, kg, vg = (_GatherRows.apply(t, gather, token_slots, in_bucket)
+        qg, kg, vg = (_GatherRows.apply(t, gather, token_slots, elsewhere)
                       .view(count, width, heads, dim).transpose(1, 2) for t in (q, k, v))
         o = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, attn_mask=allowed, scale=scale)
         outputs.append(o.transpose(1, 2).reshape(count * width, heads, dim))
     flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return _GatherRows.apply(flat, layout.scatter, layout.slot_tokens, layout.valid_slots)
+    return _GatherRows.apply(flat, layout.scatter, layout.slot_tokens, layout.padding_slots)
 
 
 def prefix_lm_varlen_attention(q, k, v, spans, scale: float, kernel=None) -> torch.Tensor:

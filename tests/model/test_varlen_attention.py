@@ -18,7 +18,6 @@ from genlip_megatron.model.varlen_attention import (
 )
 
 
-
 def _sequence_major_blocks(q, k, v, spans, scale):
     """The CPU block path on tokens held [S, B] (megatron-core's order), mapped back to [B, S]."""
     rows = len(ROWS)
@@ -117,7 +116,12 @@ def test_sample_blocks_pad_to_the_longest_sample_with_a_prefix_lm_block_mask():
     assert torch.equal(flat[layout.scatter[flat[real]]], flat[real])
     assert (layout.scatter[38:SEQ] == 0).all()  # pack padding of row 0 reads slot 0
     # the gradient maps: slot -> token where valid, and per bucket token -> its slot there
-    assert torch.equal(layout.valid_slots, real) and torch.equal(layout.slot_tokens, flat)
-    for gather, token_slots, in_bucket in zip(layout.gathers, layout.token_slots, layout.in_bucket):
-        assert torch.equal(gather[token_slots[in_bucket]], torch.nonzero(in_bucket).squeeze(1))
-    assert sum(int(m.sum()) for m in layout.in_bucket) == 89 and not layout.in_bucket[0][38:SEQ].any()
+    assert torch.equal(layout.padding_slots, torch.nonzero(~real).squeeze(1)) and torch.equal(layout.slot_tokens, flat)
+    held = 0
+    for gather, token_slots, elsewhere in zip(layout.gathers, layout.token_slots, layout.tokens_elsewhere):
+        inside = torch.ones(tokens, dtype=torch.bool)
+        inside[elsewhere] = False
+        assert torch.equal(gather[token_slots[inside]], torch.nonzero(inside).squeeze(1))
+        held += int(inside.sum())
+        assert set(range(38, SEQ)) <= set(elsewhere.tolist())  # pack padding of row 0 has no slot
+    assert held == 89
