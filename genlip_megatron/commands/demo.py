@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-steps", type=int,
                         help=f"steps of the plain PyTorch reference, and of our checkpoint it is compared with "
                              f"(default: steps / {REFERENCE_SHARE}; 0 skips the reference)")
-    parser.add_argument("--train", type=int, default=20000, help="Fashion-MNIST training images to use")
+    parser.add_argument("--train", type=int, default=60000, help="Fashion-MNIST training images to use (all 60,000)")
     parser.add_argument("--test", type=int, default=1000, help="held-out test images to evaluate on")
     parser.add_argument("--probe-train", type=int, default=5000, help="training images the probes are fitted on")
     parser.add_argument("--templates", type=int, default=5,
