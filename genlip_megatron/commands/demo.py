@@ -177,7 +177,7 @@ def run(args) -> int:
                 reference = train_reference_model(run_dir, paths, reference_steps, args.seed)
         with _stage(timings, "evaluate + report"):
             report = evaluate_and_report(out, run_dir, paths, args, timings, reference,
-                                         total_seconds=time.perf_counter() - start)
+                                         started=start)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -64,7 +64,9 @@ def _training_speed(run_dir: str) -> dict:
 
 
 def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict, reference: dict | None = None,
-                        total_seconds: float | None = None) -> str:
+                        started: float | None = None) -> str:
+    """Evaluate every model, write results.json, the figures and report.md; return the report's path.
+    `started`: time.perf_counter() when the demo began, so the report's total includes this stage."""
     model, cfg = load_checkpoint_model(run_dir)
     tokenizer = Tokenizer.from_file(paths["tokenizer"])
     size = cfg.data.image_size
@@ -97,6 +99,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
                            eval_losses=eval_losses)
     _examples_figure(out, test, names, results["trained"])
     speed = _speed_section(run_dir, reference)
+    total_seconds = time.perf_counter() - started if started is not None else None
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"results": results, "timings": timings, "steps": steps[-1] if steps else 0,
                    "speed": speed["numbers"], "total_seconds": total_seconds}, f, indent=1)

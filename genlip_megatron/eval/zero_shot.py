@@ -116,7 +116,7 @@ def zero_shot_log_likelihoods(model, images: torch.Tensor, class_ids: Sequence[S
             chunk = tokens[c0 : c0 + per_row]
             inputs = chunk[:, :-1].reshape(1, -1).expand(n, -1)  # [n, chunk * (T - 1)]
             positions = next_position + torch.arange(length - 1, device=device).repeat(len(chunk))
-            mask = candidates_mask(prefix, len(chunk), length - 1, device).expand(n, -1, -1, -1)
+            mask = candidates_mask(prefix, len(chunk), length - 1, device)  # [1, 1, Q, P + Q]: broadcast over images
             logits = model(input_ids=inputs, cache=cache, position_ids=positions, attention_mask=mask).logits
             cache.crop(-inputs.shape[1])  # back to the prefix for the next chunk
             step = torch.log_softmax(logits.float(), dim=-1).reshape(n, len(chunk), length - 1, -1)
