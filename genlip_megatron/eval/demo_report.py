@@ -98,7 +98,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     report.plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"), eval_steps=eval_steps,
                            eval_losses=eval_losses)
     _examples_figure(out, test, names, results["trained"])
-    speed = _speed_section(run_dir, reference)
+    speed = _speed_section(run_dir, reference, args.ranks, args.threads)
     total_seconds = time.perf_counter() - started if started is not None else None
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"results": results, "timings": timings, "steps": steps[-1] if steps else 0,
@@ -136,15 +136,17 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     return report.write_markdown(os.path.join(out, "report.md"), sections, "GenLIP demo: Fashion-MNIST on CPU")
 
 
-def _speed_section(run_dir: str, reference: dict | None) -> dict:
+def _speed_section(run_dir: str, reference: dict | None, ranks: int, threads: int) -> dict:
     ours = _training_speed(run_dir)
     numbers = {"ours_samples_per_s": ours["samples_per_s"], "ours_samples": ours["samples"]}
+    layout = f"{ranks} data-parallel rank(s) x {max(1, threads // ranks)} thread(s)"
     lines = ["| loop | samples/s |", "|---|---:|",
-             f"| `genlip train tiny_cpu` (loader, megatron-core, distributed optimizer) | {ours['samples_per_s']:.1f} |"]
+             f"| `genlip train tiny_cpu`, {layout} (loader, megatron-core, distributed optimizer) | "
+             f"{ours['samples_per_s']:.1f} |"]
     if reference is not None:
         numbers.update(reference_samples_per_s=reference["samples_per_s"],
                        ratio=ours["samples_per_s"] / reference["samples_per_s"])
-        lines += [f"| plain PyTorch loop, HF model, batch {BATCH_SIZE}, AdamW (data in memory) | "
+        lines += [f"| plain PyTorch loop, HF model, batch {BATCH_SIZE}, AdamW (data in memory), {threads} threads | "
                   f"{reference['samples_per_s']:.1f} |",
                   f"| ratio | {numbers['ratio']:.2f} |"]
     text = ("\n".join(lines) + "\n\nSteady-state training throughput on this machine in this run (ours: "

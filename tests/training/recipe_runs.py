@@ -65,3 +65,12 @@ def initial_weights(overrides: list[str]) -> dict | None:
         for name, param in chunk.named_parameters():
             full[global_name(name, chunk)] = gather_tp_slices(name, param.detach(), param, group).clone()
     return full if parallel_state.get_tensor_model_parallel_rank() == 0 else None
+
+
+def fused_flags(overrides: list[str]) -> list[bool]:
+    """`fused` of every param group of the torch AdamW inside the built megatron optimizer."""
+    from genlip_megatron.training.model_setup import build_training_modules
+
+    optimizer = build_training_modules(tiny_config(overrides)).optimizer
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [bool(group["fused"]) for each in chained for group in each.optimizer.param_groups]
