@@ -39,6 +39,7 @@ from genlip_megatron.training.held_out import HeldOutLoss
 from genlip_megatron.training.metrics import MetricsLogger, throughput
 from genlip_megatron.training.mfu import mfu_peak_tflops
 from genlip_megatron.training.model_setup import build_training_modules
+from genlip_megatron.training.param_sync import gathered_params
 from genlip_megatron.training.resume_policy import ResumePlan, apply_resume_plan, resume_plan, resume_source
 from genlip_megatron.training.run_banner import banner_lines, parameter_count
 from genlip_megatron.training.run_inputs import resolve_run_inputs
@@ -165,12 +166,14 @@ def run_training(cfg, batch_source=None) -> TrainOutcome:
             if run_dir and (result.stop_requested or result.save_requested
                             or iteration % cfg.checkpoint.save_interval == 0 or iteration == total):
                 start = time.perf_counter()
-                save_checkpoint(run_dir, iteration, modules, source, counters, cfg, async_queue)
+                with gathered_params(modules.model, cfg.parallel.overlap_param_gather):
+                    save_checkpoint(run_dir, iteration, modules, source, counters, cfg, async_queue)
                 seconds["checkpoint"] = time.perf_counter() - start
             watchdog.step_finished()
             if held_out is not None and not result.stop_requested and held_out.due(iteration):
                 watchdog.step_started(iteration)  # an evaluation that hangs is caught like a step
-                evaluation = held_out.evaluate(modules, device)
+                with gathered_params(modules.model, cfg.parallel.overlap_param_gather):
+                    evaluation = held_out.evaluate(modules, device)
                 watchdog.step_finished()
                 outcome.eval_losses[iteration] = evaluation["loss"]
                 logger.evaluation(iteration, evaluation)
