@@ -31,6 +31,20 @@ class OncePerRun(logging.Filter):
         return True
 
 
+def _shown_once(show):
+    """`warnings.showwarning` that displays each (category, text) only the first time."""
+    shown: set[tuple[type, str]] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        key = (category, str(message))
+        if key not in shown:
+            shown.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    show_once.shows_once = True
+    return show_once
+
+
 def configure_logging(rank: int) -> None:
     """Rank 0: INFO, Python warnings once per message, library log lines once per text. Other
     ranks: errors only (warnings ignored, libraries at ERROR)."""
@@ -46,6 +60,10 @@ def configure_logging(rank: int) -> None:
     warnings.simplefilter("once")
     for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
         warnings.filterwarnings("ignore", category=category)  # hidden by Python's defaults too
+    # "once" keeps its memory in per-module registries that any later filterwarnings() or
+    # catch_warnings() (libraries call both) wipes, so the display itself remembers what it showed.
+    if not getattr(warnings.showwarning, "shows_once", False):
+        warnings.showwarning = _shown_once(warnings.showwarning)
     once = OncePerRun()
     for handler in logging.getLogger().handlers:
         handler.addFilter(once)
