@@ -95,7 +95,8 @@ def ours(conn, rank: int, ranks: int, port: int, manifest: str, overrides: list[
 
     log_dir = tempfile.mkdtemp()
     base = load_config(PRESET, [f"data.manifest={manifest}", *overrides])
-    per_rank = [f"train.micro_batch_size={base.train.global_batch_size // ranks}"] if ranks > 1 else []
+    rows = StepSplit.one_micro_batch_per_rank(base, ranks).micro_batch_size
+    per_rank = [f"train.micro_batch_size={rows}"] if ranks > 1 else []
     cfg = load_config(PRESET, [f"data.manifest={manifest}", "checkpoint.dir=", f"logging.tensorboard_dir={log_dir}",
                                f"schedule.train_iters={steps * rounds + 1}", "logging.log_interval=1000000",
                                "logging.progress_bar=false", *per_rank, *overrides])

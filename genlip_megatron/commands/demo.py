@@ -110,21 +110,21 @@ def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: in
     """`genlip train tiny_cpu` on `ranks` data-parallel CPU processes under torchrun (its own process
     group and megatron state), `threads` CPU threads shared among them."""
     from genlip_megatron.config.load import load_config
+    from genlip_megatron.config.step_split import StepSplit
     from launch.local import torchrun_command
 
-    global_batch = load_config(PRESET).train.global_batch_size
-    if ranks < 1 or global_batch % ranks:
-        raise ValueError(f"--ranks {ranks} must divide the preset's global batch of {global_batch} sequences")
+    per_rank = StepSplit.one_micro_batch_per_rank(load_config(PRESET), ranks).micro_batch_size
     overrides = [f"data.manifest={manifest}", f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
                  f"checkpoint.save_interval={save_every}", f"checkpoint.keep_last={steps // save_every + 1}",
-                 f"train.micro_batch_size={global_batch // ranks}",  # one micro-batch per rank and step
+                 f"train.micro_batch_size={per_rank}",  # one micro-batch per rank and step
                  "logging.progress_bar=false", "logging.log_interval=100"]
     if eval_manifest:  # ~10 held-out points on the loss curve, each over EVAL_ITERS global batches
         overrides += [f"data.eval_manifest={eval_manifest}", f"train.eval_interval={max(10, steps // 10)}",
                       f"train.eval_iters={EVAL_ITERS}"]
     # Each rank reads its thread count from OMP_NUM_THREADS; the config has no such key by design.
-    per_rank = str(max(1, threads // ranks))
-    env = {**os.environ, "OMP_NUM_THREADS": per_rank, "MKL_NUM_THREADS": per_rank, "PYTHONUNBUFFERED": "1"}
+    threads_per_rank = str(max(1, threads // ranks))
+    env = {**os.environ, "OMP_NUM_THREADS": threads_per_rank, "MKL_NUM_THREADS": threads_per_rank,
+           "PYTHONUNBUFFERED": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)  # torchrun --standalone sets them; ignore whatever launched us
     child = subprocess.Popen(torchrun_command(ranks, PRESET, overrides), env=env)

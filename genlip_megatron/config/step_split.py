@@ -44,6 +44,15 @@ class StepSplit:
         """The split of a Config's training batch over `dp_size` data-parallel ranks."""
         return cls(cfg.train.global_batch_size, cfg.train.micro_batch_size, dp_size)
 
+    @classmethod
+    def one_micro_batch_per_rank(cls, cfg, dp_size: int) -> StepSplit:
+        """The split in which every rank takes its G / D sequences in ONE micro-batch (what a CPU run
+        on D ranks wants: no per-micro-batch overhead); ValueError, one line, if D does not divide G."""
+        global_batch = cfg.train.global_batch_size
+        if dp_size < 1 or global_batch % dp_size:
+            raise ValueError(f"{dp_size} data-parallel ranks do not divide train.global_batch_size={global_batch}")
+        return cls(global_batch, global_batch // dp_size, dp_size)
+
     @property
     def sequences_per_rank(self) -> int:
         return self.global_batch_size // self.dp_size

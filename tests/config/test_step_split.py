@@ -23,3 +23,13 @@ def test_an_uneven_split_is_refused_with_the_keys_to_change():
         StepSplit(10, 2, 3)
     assert StepSplit.problem(7, 2, None) == "train.global_batch_size=7 is not divisible by train.micro_batch_size=2"
     assert StepSplit.problem(8, 2, None) is None
+
+
+def test_one_micro_batch_per_rank_takes_the_ranks_share_at_once():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(train=SimpleNamespace(global_batch_size=8, micro_batch_size=8))
+    split = StepSplit.one_micro_batch_per_rank(cfg, 2)
+    assert (split.micro_batch_size, split.micro_batches, split.rows(1, 0)) == (4, 1, [1, 3, 5, 7])
+    with pytest.raises(ValueError, match=r"3 data-parallel ranks do not divide train.global_batch_size=8"):
+        StepSplit.one_micro_batch_per_rank(cfg, 3)
