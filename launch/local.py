@@ -36,6 +36,18 @@ def torchrun_command(nproc: int, config: str, overrides: list[str]) -> list[str]
             "--max-restarts=0", "-m", "genlip_megatron.cli", "train", config, *overrides]
 
 
+def threads_per_rank(cpus: int, nproc: int) -> int:
+    """CPU threads each of `nproc` ranks gets when they share `cpus` (at least one)."""
+    return max(1, cpus // max(nproc, 1))
+
+
+def rank_environment(threads: int) -> dict:
+    """This process's environment for torchrun's ranks: `threads` OpenMP threads each (the config has
+    no thread key by design), unbuffered output. torchrun sets each rank's RANK, WORLD_SIZE and
+    MASTER_* itself."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
@@ -48,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(f"genlip launch: {p}" for p in problems), file=sys.stderr)
         return 2
     cmd = torchrun_command(args.nproc, args.config, args.overrides)
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.nproc) if cfg.train.device == "cpu" else 1)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    threads = args.threads or (threads_per_rank(os.cpu_count() or 1, args.nproc) if cfg.train.device == "cpu" else 1)
+    env = rank_environment(threads)
     if args.dry_run:
         print(f"OMP_NUM_THREADS={threads} " + shlex.join(cmd))
         return 0

@@ -111,7 +111,7 @@ def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: in
     group and megatron state), `threads` CPU threads shared among them."""
     from genlip_megatron.config.load import load_config
     from genlip_megatron.config.step_split import StepSplit
-    from launch.local import torchrun_command
+    from launch.local import rank_environment, threads_per_rank, torchrun_command
 
     per_rank = StepSplit.one_micro_batch_per_rank(load_config(PRESET), ranks).micro_batch_size
     overrides = [f"data.manifest={manifest}", f"checkpoint.dir={run_dir}", f"schedule.train_iters={steps}",
@@ -121,12 +121,7 @@ def _train(run_dir: str, manifest: str, steps: int, save_every: int, threads: in
     if eval_manifest:  # ~10 held-out points on the loss curve, each over EVAL_ITERS global batches
         overrides += [f"data.eval_manifest={eval_manifest}", f"train.eval_interval={max(10, steps // 10)}",
                       f"train.eval_iters={EVAL_ITERS}"]
-    # Each rank reads its thread count from OMP_NUM_THREADS; the config has no such key by design.
-    threads_per_rank = str(max(1, threads // ranks))
-    env = {**os.environ, "OMP_NUM_THREADS": threads_per_rank, "MKL_NUM_THREADS": threads_per_rank,
-           "PYTHONUNBUFFERED": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)  # torchrun --standalone sets them; ignore whatever launched us
+    env = rank_environment(threads_per_rank(threads, ranks))
     child = subprocess.Popen(torchrun_command(ranks, PRESET, overrides), env=env)
     try:
         return child.wait()
@@ -151,6 +146,7 @@ def run(args) -> int:
     import torch
 
     from genlip_megatron.eval.demo_report import evaluate_and_report, train_reference_model
+    from launch.local import threads_per_rank
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -176,8 +172,9 @@ def run(args) -> int:
             with _stage(timings, "reference (plain PyTorch loop)"):
                 reference = train_reference_model(run_dir, paths, reference_steps, args.seed)
         with _stage(timings, "evaluate + report"):
-            report = evaluate_and_report(out, run_dir, paths, args, timings, reference,
-                                         started=start)
+            layout = f"{args.ranks} data-parallel rank(s) x {threads_per_rank(args.threads, args.ranks)} thread(s)"
+            report = evaluate_and_report(out, run_dir, paths, args, timings, reference, started=start,
+                                         train_layout=layout)
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -64,9 +64,10 @@ def _training_speed(run_dir: str) -> dict:
 
 
 def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict, reference: dict | None = None,
-                        started: float | None = None) -> str:
+                        started: float | None = None, train_layout: str = "") -> str:
     """Evaluate every model, write results.json, the figures and report.md; return the report's path.
-    `started`: time.perf_counter() when the demo began, so the report's total includes this stage."""
+    `started`: time.perf_counter() when the demo began, so the report's total includes this stage;
+    `train_layout`: how our run was spread over processes and threads, for the speed table."""
     model, cfg = load_checkpoint_model(run_dir)
     tokenizer = Tokenizer.from_file(paths["tokenizer"])
     size = cfg.data.image_size
@@ -98,7 +99,7 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     report.plot_loss_curve(steps, losses, os.path.join(out, "loss_curve.png"), eval_steps=eval_steps,
                            eval_losses=eval_losses)
     _examples_figure(out, test, names, results["trained"])
-    speed = _speed_section(run_dir, reference, args.ranks, args.threads)
+    speed = _speed_section(run_dir, reference, train_layout, args.threads)
     total_seconds = time.perf_counter() - started if started is not None else None
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"results": results, "timings": timings, "steps": steps[-1] if steps else 0,
@@ -136,12 +137,11 @@ def evaluate_and_report(out: str, run_dir: str, paths: dict, args, timings: dict
     return report.write_markdown(os.path.join(out, "report.md"), sections, "GenLIP demo: Fashion-MNIST on CPU")
 
 
-def _speed_section(run_dir: str, reference: dict | None, ranks: int, threads: int) -> dict:
+def _speed_section(run_dir: str, reference: dict | None, layout: str, threads: int) -> dict:
     ours = _training_speed(run_dir)
     numbers = {"ours_samples_per_s": ours["samples_per_s"], "ours_samples": ours["samples"]}
-    layout = f"{ranks} data-parallel rank(s) x {max(1, threads // ranks)} thread(s)"
     lines = ["| loop | samples/s |", "|---|---:|",
-             f"| `genlip train tiny_cpu`, {layout} (loader, megatron-core, distributed optimizer) | "
+             f"| `genlip train tiny_cpu`{', ' + layout if layout else ''} (loader, megatron-core, distributed optimizer) | "
              f"{ours['samples_per_s']:.1f} |"]
     if reference is not None:
         numbers.update(reference_samples_per_s=reference["samples_per_s"],
